@@ -1,0 +1,56 @@
+"""The one app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import flask
+
+from didmos_host import __version__
+from didmos_host.api import Api
+from didmos_host.host import Host
+from didmos_host.plugins import collect_named
+
+
+def create_app(*, extra_plugins: Iterable[Any] = (), load_entry_points: bool = True, **overrides: Any) -> flask.Flask:
+    """Build the WSGI app: plugins, settings, every plugin's blueprints, error handling, start-up hooks.
+
+    ``overrides`` are settings above every other layer, by namespace
+    (``create_app(directory={"uri": "ldap://..."})``) or dotted (``**{"api.title": "x"}``).
+    ``extra_plugins`` are registered after the installed plugins (tests use it).
+    """
+    host = Host.create(overrides, extra_plugins=extra_plugins, load_entry_points=load_entry_points)
+    return _build(host)
+
+
+def _build(host: Host) -> flask.Flask:
+    settings = host.settings
+    app = flask.Flask("didmos")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.api.max_content_length,
+        API_TITLE=settings.api.title,
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.extensions["didmos"] = host
+    api = Api(app)
+    blueprints = collect_named(host.hook.didmos_blueprints(app=app), "blueprint")
+    for blueprint in blueprints.values():
+        api.register_blueprint(blueprint)
+
+    @app.errorhandler(Exception)
+    def handle(error: Exception):
+        return host.hook.didmos_handle_exception(error=error, request=flask.request)
+
+    host.hook.didmos_startup(app=app)
+    return app
+
+
+def current_host() -> Host:
+    """The host of the app handling the current request."""
+    return flask.current_app.extensions["didmos"]

@@ -1,0 +1,163 @@
+"""``didmos dev``: the whole stack on one machine, on its embedded default.
+
+Starts, as our own child processes on 127.0.0.1: a private slapd (cn=config generated in the data
+directory), a private redis-server (append-only file in the data directory), the API (gunicorn) and
+one task worker. Applies the directory migrations and creates the base tree and the superadmin.
+Everything lives in the data directory, so the next run on the same directory keeps all data.
+SIGINT/SIGTERM stop every child, API and worker first, the servers last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+from didmos_host.directory import init_directory
+from didmos_host.errors import DidmosError
+from didmos_host.host import Host
+from didmos_host.servers import RedisServer, ServerError, SlapdServer, free_port
+
+STATE_FILE = "dev-state.json"
+SETTINGS_FILE = "settings.toml"
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _load_state(data_dir: Path) -> dict:
+    """Secrets and ports chosen on the first run; kept so a restart finds its servers' data."""
+    path = data_dir / STATE_FILE
+    state = json.loads(path.read_text()) if path.exists() else {}
+    state.setdefault("rootpw", secrets.token_urlsafe(24))
+    state.setdefault("service_password", secrets.token_urlsafe(24))
+    for key in ("ldap_port", "redis_port"):
+        if not state.get(key) or not _port_free(state[key]):
+            state[key] = free_port()
+    path.write_text(json.dumps(state, indent=2))
+    path.chmod(0o600)
+    return state
+
+
+def _write_settings(data_dir: Path, values: dict[str, dict[str, object]]) -> Path:
+    """A settings file for the children (and for the user: DIDMOS_SETTINGS_FILES=<it> didmos ...)."""
+    lines = ["# Written by `didmos dev` on every start; edit settings elsewhere.\n"]
+    for namespace, table in values.items():
+        lines.append(f"[{namespace}]\n")
+        lines.extend(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
+    path = data_dir / SETTINGS_FILE
+    path.write_text("".join(lines))
+    path.chmod(0o600)
+    return path
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"the API exited with status {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise ServerError(f"the API did not answer {url} within {timeout:.0f}s")
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
+    """Run the stack until SIGINT/SIGTERM; returns the exit status."""
+    data = Path(data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    if not _port_free(port):
+        raise DidmosError(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    state = _load_state(data)
+    slapd = SlapdServer(data / "slapd", port=state["ldap_port"], rootpw=state["rootpw"])
+    redis_server = RedisServer(data / "redis", port=state["redis_port"], persistence=True)
+    children: list[subprocess.Popen] = []
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        click.echo(f"didmos dev: data in {data}")
+        slapd.start()
+        redis_server.start()
+        settings_path = _write_settings(data, {
+            "api": {"host": "127.0.0.1", "port": port, "workers": 1},
+            "directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri,
+                          "bind_password": state["service_password"]},
+            "redis": {"url": redis_server.url},
+        })
+        env = dict(os.environ, DIDMOS_SETTINGS_FILES=str(settings_path))
+        os.environ["DIDMOS_SETTINGS_FILES"] = str(settings_path)
+        host = Host.create({"directory": {"superadmin_password": admin_password or ""}})
+        report = init_directory(host)
+        if report.migrations_applied:
+            click.echo(f"  directory migrations applied: {', '.join(report.migrations_applied)}")
+        click.echo(f"  directory entries created: {len(report.entries_created)}")
+        for line in report.announcements:
+            click.echo(f"  {line}")
+        if report.generated_password:
+            click.echo(f"  superadmin password: {report.generated_password}   (generated; shown only this once)")
+
+        cli = [sys.executable, "-m", "didmos_host.cli"]
+        # Own sessions, as for the servers: we stop them in order, API and worker before redis and slapd.
+        api = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env, start_new_session=True)
+        children.append(api)
+        children.append(subprocess.Popen([*cli, "worker"], env=env, start_new_session=True))
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(base + "/healthz", api)
+        click.echo(f"  LDAP        {slapd.uri}  (ldapi: {slapd.ldapi_uri})")
+        click.echo(f"  redis       {redis_server.url}")
+        click.echo(f"  API         {base}/   OpenAPI document: {base}/openapi.json")
+        from didmos_host.app import _build
+
+        for rule in sorted({str(r.rule).split("/")[1] for r in _build(host).url_map.iter_rules()} - {"", "static"}):
+            click.echo(f"              {base}/{rule}")
+        click.echo(f"  settings    DIDMOS_SETTINGS_FILES={settings_path} didmos config show")
+        click.echo("  Ctrl-C stops everything; the next run on the same --data-dir keeps the data.")
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    click.echo(f"didmos dev: {child.args[3]} exited with status {child.returncode}; stopping", err=True)
+                    return 1
+            time.sleep(0.3)
+        return 0
+    except (DidmosError, ServerError) as exc:
+        click.echo(f"didmos: error: {exc}", err=True)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        for child in reversed(children):
+            _stop(child)
+        redis_server.stop()
+        slapd.stop()
+        click.echo("didmos dev: stopped")

@@ -1,0 +1,210 @@
+"""Bringing a directory to what didmos needs: schema migrations, then the entries plugins declare.
+
+Used by ``didmos directory init`` and ``didmos dev``; safe to run any number of times. This is
+administration (cn=config), so it talks to python-ldap itself; all data traffic at run time goes
+through the ``didmos_ldap`` plugin.
+
+Applied migrations are recorded as entries ``cn=<migration>,cn=didmos-migrations,<suffix>``
+(object class ``applicationProcess`` from the core schema, so recording needs no schema of ours).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ldap
+import ldap.dn
+import ldap.filter
+import ldif
+
+from didmos_host.errors import ConfigError, Unavailable
+from didmos_host.host import Host
+from didmos_host.records import DirectoryEntry, SchemaMigration
+
+log = logging.getLogger("didmos.directory")
+MIGRATIONS_RDN = "cn=didmos-migrations"
+
+
+@dataclass
+class InitReport:
+    """What one run of :func:`init_directory` did."""
+
+    migrations_applied: list[str] = field(default_factory=list)
+    entries_created: list[str] = field(default_factory=list)
+    announcements: list[str] = field(default_factory=list)
+    #: The superadmin password when this run generated it and created an entry with it (shown once).
+    generated_password: str | None = None
+
+
+def connect_admin(settings: Any) -> ldap.ldapobject.LDAPObject:
+    """A connection allowed to change cn=config and to write the suffix.
+
+    ``directory.config_uri`` (``ldapi://`` -> SASL EXTERNAL) or else ``directory.uri`` bound as
+    ``directory.config_bind_dn``.
+    """
+    cfg = settings.directory
+    uri = cfg.config_uri or cfg.uri
+    conn = ldap.initialize(uri)
+    conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
+    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 10)
+    try:
+        if uri.startswith("ldapi:"):
+            conn.sasl_external_bind_s()
+        elif cfg.config_bind_dn:
+            conn.simple_bind_s(cfg.config_bind_dn, cfg.config_bind_password)
+        else:
+            raise ConfigError(
+                "directory.config_bind_dn is empty: set it (and directory.config_bind_password), "
+                "or set directory.config_uri to an ldapi:// URI for SASL EXTERNAL"
+            )
+    except ldap.SERVER_DOWN as exc:
+        raise Unavailable(f"directory at {uri} cannot be reached: {exc}") from exc
+    except ldap.LDAPError as exc:
+        raise ConfigError(f"cannot bind to {uri} for directory administration: {_describe(exc)}") from exc
+    return conn
+
+
+def _describe(exc: ldap.LDAPError) -> str:
+    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return "; ".join(str(info[k]) for k in ("desc", "info") if info.get(k)) or repr(exc)
+
+
+def suffix_database(conn: ldap.ldapobject.LDAPObject, suffix: str) -> str:
+    """The DN of the cn=config database entry that holds ``suffix``."""
+    found = conn.search_s(
+        "cn=config", ldap.SCOPE_ONELEVEL, ldap.filter.filter_format("(olcSuffix=%s)", [suffix]), ["olcSuffix"]
+    )
+    if not found:
+        raise ConfigError(f"no database in cn=config has suffix {suffix!r} (setting directory.suffix)")
+    return found[0][0]
+
+
+def parse_ldif(text: str) -> list[tuple[str, str, Any]]:
+    """``(kind, dn, payload)`` records: ``("add", dn, entry)`` or ``("modify", dn, modlist)``."""
+    records: list[tuple[str, str, Any]] = []
+
+    class Parser(ldif.LDIFParser):
+        def handle(self, dn, entry):
+            records.append(("add", dn, entry))
+
+        def handle_modify(self, dn, modops, controls=None):
+            records.append(("modify", dn, modops))
+
+    for block in text.strip().split("\n\n"):
+        if not block.strip():
+            continue
+        parser = Parser(io.StringIO(block + "\n"))
+        if any(line.strip().lower() == "changetype: modify" for line in block.splitlines()):
+            parser.parse_change_records()
+        else:
+            parser.parse_entry_records()
+    return records
+
+
+def apply_migration(conn, migration: SchemaMigration, suffix_db: str) -> None:
+    """Apply one migration's LDIF to cn=config. A change that is already there counts as done."""
+    text = migration.ldif.read_text().replace("{suffix_db}", suffix_db)
+    for kind, dn, payload in parse_ldif(text):
+        try:
+            if kind == "add":
+                conn.add_s(dn, list(payload.items()))
+            else:
+                conn.modify_s(dn, payload)
+        except (ldap.ALREADY_EXISTS, ldap.TYPE_OR_VALUE_EXISTS):
+            # A run that died between applying and recording left it done; do not fail the rerun.
+            log.info("migration %s: %s already applied", migration.name, dn)
+        except ldap.LDAPError as exc:
+            raise ConfigError(f"migration {migration.name} failed on {dn}: {_describe(exc)}") from exc
+
+
+def _container_entry(dn: str) -> dict[str, list[bytes]]:
+    """A plain entry for a parent nobody declared, chosen by its RDN attribute."""
+    attr, value, _ = ldap.dn.str2dn(dn)[0][0]
+    attr = attr.lower()
+    classes = {
+        "dc": [b"top", b"dcObject", b"organization"],
+        "o": [b"top", b"organization"],
+        "ou": [b"top", b"organizationalUnit"],
+        "cn": [b"top", b"applicationProcess"],
+    }
+    if attr not in classes:
+        raise ConfigError(f"cannot create parent entry {dn!r}: declare it in didmos_directory_entries")
+    entry = {"objectClass": classes[attr], attr: [value.encode()]}
+    if attr == "dc":
+        entry["o"] = [value.encode()]
+    return entry
+
+
+def _exists(conn, dn: str) -> bool:
+    try:
+        conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+        return True
+    except ldap.NO_SUCH_OBJECT:
+        return False
+
+
+def _ensure(conn, dn: str, entry: dict[str, list[bytes]]) -> bool:
+    """Add ``dn`` (and any missing parent) unless it exists; True when it was added now."""
+    if _exists(conn, dn):
+        return False
+    parent = ldap.dn.dn2str(ldap.dn.str2dn(dn)[1:])
+    if parent and not _exists(conn, parent):
+        _ensure(conn, parent, _container_entry(parent))
+    try:
+        conn.add_s(dn, list(entry.items()))
+    except ldap.ALREADY_EXISTS:  # another node's init got there first
+        return False
+    except ldap.LDAPError as exc:
+        raise ConfigError(f"cannot create {dn}: {_describe(exc)}") from exc
+    return True
+
+
+def init_directory(host: Host, conn=None) -> InitReport:
+    """Apply pending migrations, then add the declared entries that are missing."""
+    settings = host.settings
+    generated = None
+    if not settings.directory.superadmin_password:
+        generated = secrets.token_urlsafe(12)
+        settings.set("directory.superadmin_password", generated, loader_identifier="generated")
+    suffix = settings.directory.suffix
+    conn = conn or connect_admin(settings)
+    report = InitReport()
+    suffix_db = suffix_database(conn, suffix)
+    _ensure(conn, suffix, _container_entry(suffix))
+    records_dn = f"{MIGRATIONS_RDN},{suffix}"
+    _ensure(conn, records_dn, _container_entry(records_dn))
+    applied = {
+        entry["cn"][0].decode()
+        for _, entry in conn.search_s(records_dn, ldap.SCOPE_ONELEVEL, "(objectClass=applicationProcess)", ["cn"])
+    }
+    migrations = [m for results in host.hook.didmos_directory_migrations() for m in results or ()]
+    for migration in sorted(migrations, key=lambda m: (m.order, m.name)):
+        if migration.name in applied:
+            continue
+        apply_migration(conn, migration, suffix_db)
+        stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime())
+        _ensure(
+            conn,
+            f"cn={ldap.dn.escape_dn_chars(migration.name)},{records_dn}",
+            {"objectClass": [b"applicationProcess"], "cn": [migration.name.encode()],
+             "description": [f"applied {stamp}".encode()]},
+        )
+        report.migrations_applied.append(migration.name)
+
+    entries: list[DirectoryEntry] = [e for results in host.hook.didmos_directory_entries(settings=settings)
+                                     for e in results or ()]
+    for declared in sorted(entries, key=lambda e: len(ldap.dn.str2dn(e.dn))):
+        attrs = {name: [v.encode() if isinstance(v, str) else v for v in values]
+                 for name, values in declared.attributes.items()}
+        if _ensure(conn, declared.dn, attrs):
+            report.entries_created.append(declared.dn)
+            if declared.announce:
+                report.announcements.append(declared.announce)
+            if generated and generated in declared.attributes.get("userPassword", ()):
+                report.generated_password = generated
+    return report

@@ -1,0 +1,52 @@
+"""The project's own errors. APIs map them to status codes; the CLI prints their message."""
+
+from __future__ import annotations
+
+
+class DidmosError(Exception):
+    """Base of every error didmos raises on purpose. ``status`` is the HTTP status it maps to."""
+
+    status = 500
+
+    def __init__(self, message: str, *, status: int | None = None, detail: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.detail = detail or {}
+
+
+class ConfigError(DidmosError):
+    """A setting is missing or has the wrong type or value; the message names the key."""
+
+
+class PluginError(DidmosError):
+    """A plugin cannot be loaded or is inconsistent (unknown hook, duplicate registration)."""
+
+
+class OperationRejected(DidmosError):
+    """A pre-LDAP interceptor refused an operation. Nothing was sent to the directory."""
+
+    status = 403
+
+
+class AuthenticationFailed(DidmosError):
+    """Credentials were presented and are wrong, expired or locked."""
+
+    status = 401
+
+
+class Forbidden(DidmosError):
+    """The actor may not do what the request asks."""
+
+    status = 403
+
+
+class NotFound(DidmosError):
+    status = 404
+
+
+class Unavailable(DidmosError):
+    """A server didmos depends on (directory, redis) cannot be reached now; try again later."""
+
+    status = 503

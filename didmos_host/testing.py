@@ -1,0 +1,113 @@
+"""pytest fixtures for didmos and its plugins, published as the pytest plugin ``didmos``.
+
+Any project with ``didmos-host`` installed gets them (entry point ``pytest11``):
+
+``didmos_slapd``
+    a real slapd with the didmos schema and base tree (session-scoped, private port and directory,
+    stopped at the end). The superadmin's password is :data:`SUPERADMIN_PASSWORD`.
+``didmos_redis``
+    a real redis-server without persistence (session-scoped).
+``didmos_overrides``
+    the settings overrides that point didmos at those two servers.
+``make_app``
+    ``make_app(*plugins, **overrides)`` builds an app with throwaway ``plugins`` registered for this
+    test only (objects or modules with ``@hookimpl`` functions) and extra settings ``overrides``.
+``app``, ``client``
+    ``make_app()`` and its Flask test client.
+
+Servers start only when a test asks for them, so loading this plugin costs nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+SUPERADMIN_PASSWORD = "superadmin-test-password"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="session")
+def didmos_slapd(tmp_path_factory) -> Iterator[Any]:
+    """A started :class:`~didmos_host.servers.SlapdServer` with migrations and base entries applied."""
+    from didmos_host.directory import init_directory
+    from didmos_host.host import Host
+    from didmos_host.servers import SlapdServer, free_port
+
+    server = SlapdServer(
+        tmp_path_factory.mktemp("slapd"), port=free_port(), rootpw=secrets.token_urlsafe(16),
+        password_hash="{SSHA}", nosync=True,
+    )
+    server.start()
+    server.service_password = secrets.token_urlsafe(16)
+    try:
+        host = Host.create(_directory_overrides(server))
+        server.init_report = init_directory(host)
+        yield server
+    finally:
+        server.stop()
+
+
+def _directory_overrides(server) -> dict[str, Any]:
+    return {
+        "directory": {
+            "uri": server.uri,
+            "config_uri": server.ldapi_uri,
+            "bind_password": server.service_password,
+            "superadmin_password": SUPERADMIN_PASSWORD,
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def didmos_redis(tmp_path_factory) -> Iterator[Any]:
+    """A started :class:`~didmos_host.servers.RedisServer` (no persistence)."""
+    from didmos_host.servers import RedisServer, free_port
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persistence=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def didmos_overrides(didmos_slapd, didmos_redis) -> dict[str, Any]:
+    """Settings overrides pointing at the test slapd and redis."""
+    return _merge(_directory_overrides(didmos_slapd), {"redis": {"url": didmos_redis.url}})
+
+
+@pytest.fixture
+def make_app(didmos_overrides):
+    """``make_app(*plugins, **overrides)``: an app with throwaway plugins and settings for one test."""
+    from didmos_host.app import create_app
+
+    def make(*plugins: Any, **overrides: Any):
+        app = create_app(extra_plugins=plugins, **_merge(didmos_overrides, overrides))
+        app.config["TESTING"] = True
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,110 @@
+"""The didmos_ldap plugin's hook implementations: settings, schema migrations and the base tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dynaconf import Validator
+
+from didmos_host import hookimpl
+from didmos_host.records import DirectoryEntry, SchemaMigration, SettingsNamespace
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+SUPERADMIN_UUID = "00000000-0000-0000-0000-000000000002"
+
+DEFAULTS = {
+    "base_dn": "dc=didmos,dc=de",
+    "tenant": "default-tenant",
+    "tenant_dn": "ou=default-tenant,dc=didmos,dc=de",
+    "data_dn": "ou=data,ou=default-tenant,dc=didmos,dc=de",
+    "people_dn": "ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de",
+    "groups_dn": "ou=groups,ou=data,ou=default-tenant,dc=didmos,dc=de",
+    "organizations_dn": "ou=organizations,ou=data,ou=default-tenant,dc=didmos,dc=de",
+    "superadmin": {"uuid": SUPERADMIN_UUID, "user_name": "superadmin", "given_name": "Super",
+                   "family_name": "Admin"},
+}
+
+_DN_KEYS = ("base_dn", "tenant_dn", "data_dn", "people_dn", "groups_dn", "organizations_dn")
+
+
+def _is_dn(value) -> bool:
+    import ldap.dn
+
+    return isinstance(value, str) and bool(value) and ldap.dn.is_dn(value)
+
+
+@hookimpl(trylast=True)
+def didmos_settings():
+    return [
+        SettingsNamespace(
+            name="ldap",
+            defaults=DEFAULTS,
+            validators=(
+                *(Validator(f"ldap.{key}", condition=_is_dn,
+                            messages={"condition": "{name} must be a DN such as 'ou=people,dc=example,dc=org', "
+                                                   "got {value!r}"})
+                  for key in _DN_KEYS),
+                Validator("ldap.tenant", is_type_of=str, len_min=1),
+                Validator("ldap.superadmin.uuid", "ldap.superadmin.user_name", "ldap.superadmin.given_name",
+                          "ldap.superadmin.family_name", is_type_of=str, len_min=1),
+            ),
+            descriptions={
+                "base_dn": "The didmos subtree inside the directory suffix.",
+                "tenant": "Name of the default tenant.",
+                "tenant_dn": "Entry of the default tenant.",
+                "data_dn": "Where the tenant's data lives.",
+                "people_dn": "Where new users are created by default.",
+                "groups_dn": "Where new groups are created by default.",
+                "organizations_dn": "Where new organizations are created by default.",
+                "superadmin.uuid": "didmosUUID of the superadmin created by `didmos directory init`.",
+                "superadmin.user_name": "Its userName (LDAP uid).",
+                "superadmin.given_name": "Its given name.",
+                "superadmin.family_name": "Its family name.",
+            },
+        )
+    ]
+
+
+@hookimpl(trylast=True)
+def didmos_directory_migrations():
+    return [
+        SchemaMigration(name=f"didmos_ldap.{path.stem}", ldif=path, order=10)
+        for path in sorted(SCHEMA_DIR.glob("*.ldif"))
+    ]
+
+
+@hookimpl(trylast=True)
+def didmos_directory_entries(settings):
+    cfg = settings.ldap
+    admin = cfg.superadmin
+    name = f"{admin.given_name} {admin.family_name}"
+    containers = [DirectoryEntry(dn=cfg[key], attributes=_container(cfg[key])) for key in _DN_KEYS]
+    superadmin = DirectoryEntry(
+        dn=f"didmosUUID={admin.uuid},{cfg.people_dn}",
+        attributes={
+            "objectClass": ["inetOrgPerson", "didmosObject", "didmosPerson"],
+            "didmosUUID": [admin.uuid],
+            "uid": [admin.user_name],
+            "cn": [name],
+            "displayName": [name],
+            "givenName": [admin.given_name],
+            "sn": [admin.family_name],
+            "didmosActive": ["TRUE"],
+            "didmosUserType": ["local"],
+            "didmosTenant": [cfg.tenant],
+            "userPassword": [settings.directory.superadmin_password],
+        },
+        announce=f"superadmin created: userName {admin.user_name}, didmosUUID {admin.uuid}",
+    )
+    return [*containers, superadmin]
+
+
+def _container(dn: str) -> dict[str, list[str]]:
+    import ldap.dn
+
+    attr, value, _ = ldap.dn.str2dn(dn)[0][0]
+    if attr.lower() == "dc":
+        return {"objectClass": ["dcObject", "organization"], "dc": [value], "o": [value]}
+    if attr.lower() == "o":
+        return {"objectClass": ["organization"], "o": [value]}
+    return {"objectClass": ["organizationalUnit"], "ou": [value]}
