@@ -45,8 +45,13 @@ def enqueue(host: Host, name: str, payload: dict[str, Any] | None = None, *, con
         known = ", ".join(sorted(host.task_handlers)) or "none"
         raise DidmosError(f"no task handler named {name!r}; registered: {known}", status=400)
     payload = payload or {}
-    if json.loads(json.dumps(payload)) != payload:
-        raise DidmosError(f"payload of task {name!r} is not JSON-safe", status=400)
+    try:
+        safe = json.loads(json.dumps(payload)) == payload
+    except (TypeError, ValueError):
+        safe = False
+    if not safe:
+        raise DidmosError(f"payload of task {name!r} is not JSON-safe (only dicts, lists, str, numbers, "
+                          f"booleans and null survive the queue unchanged)", status=400)
     queue = Queue(handler.queue, connection=connection or connect(host))
     retry = Retry(max=handler.retries, interval=list(handler.retry_intervals)) if handler.retries else None
     try:

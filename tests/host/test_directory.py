@@ -116,3 +116,17 @@ def test_unreachable_directory_is_a_clear_error(didmos_overrides):
                                                    "config_bind_dn": "cn=admin,dc=de"}}
     with pytest.raises(Unavailable, match="cannot be reached"):
         init_directory(Host.create(overrides))
+
+
+def test_cli_directory_init_is_safe_to_run_again(didmos_slapd, didmos_overrides):
+    import os
+    import subprocess
+    import sys
+
+    directory = didmos_overrides["directory"]
+    env = {**os.environ, "DIDMOS_DIRECTORY__URI": directory["uri"], "DIDMOS_DIRECTORY__CONFIG_URI": directory["config_uri"],
+           "DIDMOS_DIRECTORY__BIND_PASSWORD": directory["bind_password"]}
+    result = subprocess.run([sys.executable, "-m", "didmos_host.cli", "directory", "init"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "migrations applied: none (up to date)" in result.stdout and "entries created: 0" in result.stdout

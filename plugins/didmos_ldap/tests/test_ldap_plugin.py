@@ -1,0 +1,29 @@
+"""The didmos_ldap plugin's own hooks: settings, migrations, declared entries."""
+
+import pytest
+
+from didmos_host.errors import ConfigError
+from didmos_host.host import Host
+from didmos_ldap.plugin import SCHEMA_DIR, SUPERADMIN_UUID
+
+
+def test_layout_settings_must_be_dns():
+    with pytest.raises(ConfigError, match="ldap.people_dn must be a DN"):
+        Host.create({"ldap": {"people_dn": "people"}})
+
+
+def test_migrations_are_the_shipped_ldif_files_in_order():
+    host = Host.create()
+    (migrations,) = [m for m in host.hook.didmos_directory_migrations() if m and m[0].name.startswith("didmos_ldap")]
+    assert [m.name for m in migrations] == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes"]
+    assert all(m.ldif.parent == SCHEMA_DIR and m.ldif.is_file() for m in migrations)
+
+
+def test_entries_follow_the_configured_layout():
+    host = Host.create({"ldap": {"people_dn": "ou=staff,ou=data,ou=default-tenant,dc=didmos,dc=de"},
+                        "directory": {"superadmin_password": "pw"}})
+    entries = {e.dn: e for results in host.hook.didmos_directory_entries(settings=host.settings) for e in results}
+    admin = entries[f"didmosUUID={SUPERADMIN_UUID},ou=staff,ou=data,ou=default-tenant,dc=didmos,dc=de"]
+    assert admin.attributes["userPassword"] == ["pw"] and admin.attributes["uid"] == ["superadmin"]
+    assert entries["ou=staff,ou=data,ou=default-tenant,dc=didmos,dc=de"].attributes["objectClass"] == ["organizationalUnit"]
+    assert entries["dc=didmos,dc=de"].attributes["objectClass"] == ["dcObject", "organization"]
