@@ -50,3 +50,38 @@ class Unavailable(DidmosError):
     """A server didmos depends on (directory, redis) cannot be reached now; try again later."""
 
     status = 503
+
+
+# Directory outcomes every API maps to a status. They live in the host so that API plugins need not
+# import the LDAP plugin to catch them.
+
+
+class AlreadyExists(DidmosError):
+    """An entry (or a unique value) exists already."""
+
+    status = 409
+
+
+class ConstraintViolation(DidmosError):
+    """The directory refused the change: schema, syntax, object class or a constraint overlay."""
+
+    status = 400
+
+
+class PreconditionFailed(DidmosError):
+    """A conditional write (If-Match, assertion control) found the entry changed."""
+
+    status = 412
+
+
+class LimitExceeded(DidmosError):
+    """A size or time limit of the directory was reached."""
+
+    status = 400
+
+
+class PasswordPolicyError(AuthenticationFailed):
+    """A bind was refused or needs action because of the password policy (locked, expired, must change).
+
+    ``detail["state"]`` is one of ``locked``, ``expired``, ``must_change``, ``invalid``.
+    """

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import flask
     from flask_smorest import Blueprint
 
+    from didmos_host.host import Host
     from didmos_host.records import (
         Action,
         Actor,
@@ -49,6 +50,17 @@ def didmos_settings() -> list[SettingsNamespace]:
     plugins, may return a record with only ``defaults`` for a namespace they do not own, to change its
     defaults. Defaults of ``tryfirst`` implementations win over those of ``trylast`` ones; settings
     files and ``DIDMOS_*`` environment variables win over every default.
+    """
+
+
+@hookspec
+def didmos_services(host: Host) -> None:
+    """Offer services to other plugins: ``host.provide("directory", Directory(...))``.
+
+    Called once when a :class:`~didmos_host.host.Host` is created (API process, worker and CLI alike),
+    after the settings are loaded and validated. Services must connect lazily, on first use, so that
+    commands which do not need them work without their servers. Every implementation runs; returns
+    nothing.
     """
 
 

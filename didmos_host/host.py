@@ -31,8 +31,9 @@ class Host:
         self.task_handlers: dict[str, TaskHandler] = collect_named(
             self.hook.didmos_task_handlers(), "task handler"
         )
-        #: Services plugins offer each other by name (for example ``"directory"``), set at startup.
+        #: Services plugins offer each other by name (for example ``"directory"``).
         self.services: dict[str, Any] = {}
+        self.hook.didmos_services(host=self)
 
     @classmethod
     def create(

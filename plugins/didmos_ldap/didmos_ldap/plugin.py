@@ -22,6 +22,15 @@ DEFAULTS = {
     "organizations_dn": "ou=organizations,ou=data,ou=default-tenant,dc=didmos,dc=de",
     "superadmin": {"uuid": SUPERADMIN_UUID, "user_name": "superadmin", "given_name": "Super",
                    "family_name": "Admin"},
+    "read_uris": "",
+    "pool_size": 10,
+    "connect_timeout": 3.0,
+    "timeout": 10.0,
+    "retry_seconds": 5.0,
+    "page_size": 500,
+    "starttls": False,
+    "tls_ca_file": "",
+    "tls_require_cert": "demand",
 }
 
 _DN_KEYS = ("base_dn", "tenant_dn", "data_dn", "people_dn", "groups_dn", "organizations_dn")
@@ -45,6 +54,11 @@ def didmos_settings():
                                                    "got {value!r}"})
                   for key in _DN_KEYS),
                 Validator("ldap.tenant", is_type_of=str, len_min=1),
+                Validator("ldap.read_uris", "ldap.tls_ca_file", is_type_of=str),
+                Validator("ldap.pool_size", "ldap.page_size", is_type_of=int, gte=1),
+                Validator("ldap.connect_timeout", "ldap.timeout", "ldap.retry_seconds", is_type_of=(int, float), gte=0),
+                Validator("ldap.starttls", is_type_of=bool),
+                Validator("ldap.tls_require_cert", is_in=("never", "allow", "try", "demand")),
                 Validator("ldap.superadmin.uuid", "ldap.superadmin.user_name", "ldap.superadmin.given_name",
                           "ldap.superadmin.family_name", is_type_of=str, len_min=1),
             ),
@@ -60,9 +74,25 @@ def didmos_settings():
                 "superadmin.user_name": "Its userName (LDAP uid).",
                 "superadmin.given_name": "Its given name.",
                 "superadmin.family_name": "Its family name.",
+                "read_uris": "LDAP URIs of read-only replicas for searches, space separated; empty: `directory.uri`.",
+                "pool_size": "Connections per pool (service account, replicas, user binds each have one).",
+                "connect_timeout": "Seconds to wait for a TCP connection (and for a free pooled connection).",
+                "timeout": "Seconds an LDAP operation may take.",
+                "retry_seconds": "How long reads retry while the directory is unreachable, before answering 503.",
+                "page_size": "Entries per page of paged searches (RFC 2696).",
+                "starttls": "Use StartTLS on ldap:// URIs.",
+                "tls_ca_file": "CA certificates file for ldaps:// and StartTLS.",
+                "tls_require_cert": "Server certificate check: never, allow, try or demand.",
             },
         )
     ]
+
+
+@hookimpl(trylast=True)
+def didmos_services(host):
+    from didmos_ldap.directory import Directory
+
+    host.provide("directory", Directory.from_settings(host))
 
 
 @hookimpl(trylast=True)

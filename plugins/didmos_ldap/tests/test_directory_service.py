@@ -1,0 +1,222 @@
+"""The directory service against the real slapd: operations, controls, errors, interceptors."""
+
+import uuid
+
+import ldap
+import pytest
+
+from didmos_host import hookimpl
+from didmos_host.errors import (AlreadyExists, AuthenticationFailed, ConstraintViolation, NotFound,
+                                OperationRejected, PasswordPolicyError, PreconditionFailed)
+from didmos_host.host import Host
+from didmos_ldap.directory import BASE, ONELEVEL, VERSION_ATTRIBUTES, common_suffix, location, normalize_dn
+
+
+@pytest.fixture
+def make_directory(didmos_overrides):
+    made = []
+
+    def make(*plugins, **overrides):
+        host = Host.create({**didmos_overrides, **overrides}, extra_plugins=plugins)
+        made.append(host.service("directory"))
+        return made[-1]
+
+    yield make
+    for directory in made:
+        directory.close()
+
+
+@pytest.fixture
+def directory(make_directory):
+    return make_directory()
+
+
+@pytest.fixture
+def branch(directory):
+    """A fresh subtree for one test."""
+    dn = f"ou=t-{uuid.uuid4().hex[:12]},dc=didmos,dc=de"
+    directory.add(dn, {"objectClass": ["organizationalUnit"], "ou": [dn[5:19]]})
+    return dn
+
+
+def person(uid, **extra):
+    return {"objectClass": ["inetOrgPerson", "didmosObject", "didmosPerson"], "uid": [uid], "cn": [uid],
+            "sn": [uid], "didmosUUID": [str(uuid.uuid4())], **extra}
+
+
+def test_add_returns_the_stored_entry_without_a_second_search(directory, branch):
+    entry = directory.add(f"uid=ann,{branch}", person("ann", didmosActive=[True]),
+                          read_back=["uid", "didmosActive", *VERSION_ATTRIBUTES])
+    assert entry.dn == f"uid=ann,{branch}"
+    assert entry.first("uid") == "ann" and entry.first("didmosActive") == "TRUE"
+    assert entry.first("entryCSN") and entry.first("entryUUID")
+    assert directory.add(f"uid=bob,{branch}", person("bob")) is None  # without read_back, nothing extra
+
+
+def test_search_get_and_not_found(directory, branch):
+    directory.add(f"uid=cat,{branch}", person("cat", mail=["cat@example.org"]))
+    assert [e.dn for e in directory.search(branch, "(uid=cat)")] == [f"uid=cat,{branch}"]
+    assert directory.get(f"uid=cat,{branch}", ["mail"]).values("mail") == ["cat@example.org"]
+    assert directory.get(f"uid=nobody,{branch}") is None
+    assert directory.search(f"ou=missing,{branch}", "(uid=*)") == []
+
+
+def test_modify_with_post_read_and_if_match(directory, branch):
+    dn = f"uid=dan,{branch}"
+    created = directory.add(dn, person("dan"), read_back=["entryCSN"])
+    csn = created.first("entryCSN")
+    changed = directory.modify(dn, [(ldap.MOD_REPLACE, "title", ["boss"])], if_match=f"(entryCSN={csn})",
+                               read_back=["title", "entryCSN"])
+    assert changed.first("title") == "boss" and changed.first("entryCSN") != csn
+    with pytest.raises(PreconditionFailed):  # the version we held is gone: 412, and nothing changes
+        directory.modify(dn, [(ldap.MOD_REPLACE, "title", ["intern"])], if_match=f"(entryCSN={csn})")
+    assert directory.get(dn, ["title"]).values("title") == ["boss"]
+    with pytest.raises(PreconditionFailed):
+        directory.delete(dn, if_match=f"(entryCSN={csn})")
+    directory.delete(dn, if_match=f"(entryCSN={changed.first('entryCSN')})")
+    assert directory.get(dn) is None
+
+
+def test_permissive_modify_makes_membership_changes_idempotent(directory, branch):
+    group = f"cn=g,{branch}"
+    directory.add(group, {"objectClass": ["groupOfNames"], "cn": ["g"], "member": [f"uid=x,{branch}"]})
+    with pytest.raises(ConstraintViolation):
+        directory.modify(group, [(ldap.MOD_ADD, "member", [f"uid=x,{branch}"])])
+    directory.modify(group, [(ldap.MOD_ADD, "member", [f"uid=x,{branch}", f"uid=y,{branch}"])], permissive=True)
+    directory.modify(group, [(ldap.MOD_DELETE, "member", [f"uid=absent,{branch}"])], permissive=True)
+    assert sorted(directory.get(group, ["member"]).values("member")) == [f"uid=x,{branch}", f"uid=y,{branch}"]
+    # a delete of present and absent values removes the present ones, in the same call
+    after = directory.modify(group, [(ldap.MOD_DELETE, "member", [f"UID=Y,{branch}", f"uid=z,{branch}"]),
+                                     (ldap.MOD_REPLACE, "description", ["changed"])],
+                             permissive=True, read_back=["member", "description"])
+    assert after.values("member") == [f"uid=x,{branch}"] and after.values("description") == ["changed"]
+
+
+def test_errors_are_translated(directory, branch):
+    directory.add(f"uid=eve,{branch}", person("eve"))
+    with pytest.raises(AlreadyExists):
+        directory.add(f"uid=eve,{branch}", person("eve2"))
+    with pytest.raises(AlreadyExists, match="non-unique"):  # the unique overlay keeps uid unique
+        directory.add(f"cn=eve-again,{branch}", {**person("eve"), "cn": ["eve-again"]})
+    with pytest.raises(ConstraintViolation):
+        directory.add(f"uid=odd,{branch}", {"objectClass": ["inetOrgPerson"], "uid": ["odd"]})  # no sn, cn
+    with pytest.raises(NotFound):
+        directory.modify(f"uid=ghost,{branch}", [(ldap.MOD_REPLACE, "title", ["x"])])
+    with pytest.raises(NotFound):
+        directory.delete(f"uid=ghost,{branch}")
+
+
+def test_move_and_rename(directory, branch):
+    directory.add(f"ou=a,{branch}", {"objectClass": ["organizationalUnit"], "ou": ["a"]})
+    directory.add(f"uid=fay,{branch}", person("fay"))
+    moved = directory.move(f"uid=fay,{branch}", new_superior=f"ou=a,{branch}", read_back=["uid"])
+    assert normalize_dn(moved.dn) == normalize_dn(f"uid=fay,ou=a,{branch}")
+    renamed = directory.move(f"uid=fay,ou=a,{branch}", new_rdn="cn=fay")
+    assert normalize_dn(renamed) == normalize_dn(f"cn=fay,ou=a,{branch}")
+    assert directory.get(f"cn=fay,ou=a,{branch}") is not None
+
+
+def test_paged_iteration_streams_everything(directory, branch):
+    for i in range(23):
+        directory.add(f"uid=p{i},{branch}", person(f"p{i}"))
+    seen = [e.first("uid") for e in directory.iter_search(branch, "(uid=p*)", attrs=["uid"], page_size=5)]
+    assert sorted(seen) == sorted(f"p{i}" for i in range(23))
+
+
+def test_server_side_sorting(directory, branch):
+    for name in ("mia", "abe", "zoe"):
+        directory.add(f"uid={name},{branch}", person(name))
+    ascending = [e.first("uid") for e in directory.search(branch, "(uid=*)", ONELEVEL, ["uid"], sort=["uid:caseIgnoreOrderingMatch"])]
+    descending = [e.first("uid") for e in directory.search(branch, "(uid=*)", ONELEVEL, ["uid"], sort=["-uid:caseIgnoreOrderingMatch"])]
+    assert ascending == ["abe", "mia", "zoe"] and descending == ["zoe", "mia", "abe"]
+
+
+def test_get_many_bundles_lookups(directory, branch):
+    dns = [f"uid=m{i},{branch}" for i in range(7)]
+    for i, dn in enumerate(dns):
+        directory.add(dn, person(f"m{i}"))
+    found = directory.get_many([*dns, f"uid=missing,{branch}"], ["uid"], chunk=3)
+    assert sorted(e.first("uid") for e in found.values()) == [f"m{i}" for i in range(7)]
+    assert normalize_dn(dns[0]) in found
+
+
+def test_request_scope_runs_identical_searches_once(make_directory, branch):
+    seen = []
+
+    class Count:
+        @hookimpl
+        def didmos_ldap_pre_operation(self, operation, actor):
+            seen.append((operation.kind, operation.dn))
+
+    directory = make_directory(Count())
+    with directory.request_scope():
+        first = directory.search(branch, "(ou=*)", BASE)
+        second = directory.search(branch, "(ou=*)", BASE)
+        assert first is second and seen == [("search", branch)]
+        directory.add(f"uid=w,{branch}", person("w"))  # a write forgets what was read
+        directory.search(branch, "(ou=*)", BASE)
+    assert [kind for kind, _ in seen] == ["search", "add", "search"]
+
+
+def test_interceptors_see_change_and_reject_operations(make_directory, branch):
+    class Stamp:
+        @hookimpl
+        def didmos_ldap_pre_operation(self, operation, actor):
+            if operation.kind == "add" and actor is not None:
+                operation.attributes["description"] = [f"created by {actor.uuid}".encode()]
+            if operation.kind == "delete" and "protected" in operation.dn:
+                raise OperationRejected("protected entries cannot be deleted")
+
+        results = []
+
+        @hookimpl
+        def didmos_ldap_post_operation(self, operation, result, actor):
+            Stamp.results.append((operation.kind, result))
+
+    from didmos_host.records import Actor
+
+    directory = make_directory(Stamp())
+    actor = Actor(dn="uid=admin", uuid="42")
+    entry = directory.add(f"uid=protected,{branch}", person("protected"), actor=actor, read_back=["description"])
+    assert entry.values("description") == ["created by 42"]
+    with pytest.raises(OperationRejected):
+        directory.delete(f"uid=protected,{branch}", actor=actor)
+    assert directory.get(f"uid=protected,{branch}") is not None
+    assert Stamp.results[0][0] == "add" and Stamp.results[0][1].dn == f"uid=protected,{branch}"
+
+
+def test_bind_checks_passwords_and_password_policy(directory, branch, didmos_slapd):
+    policy = f"cn=lockout,{branch}"
+    directory.add(policy, {"objectClass": ["applicationProcess", "pwdPolicy"], "cn": ["lockout"],
+                           "pwdAttribute": ["userPassword"], "pwdMaxFailure": ["2"], "pwdLockout": [True],
+                           "pwdMustChange": [True]})
+    dn = f"uid=gus,{branch}"
+    directory.add(dn, person("gus", userPassword=["right-pw"], pwdPolicySubentry=[policy]))
+    assert directory.bind(dn, "right-pw").dn == dn
+    with pytest.raises(AuthenticationFailed):
+        directory.bind(dn, "")  # never an anonymous bind in disguise
+    for _ in range(2):
+        with pytest.raises(AuthenticationFailed) as wrong:
+            directory.bind(dn, "wrong")
+        assert not isinstance(wrong.value, PasswordPolicyError)
+    with pytest.raises(PasswordPolicyError) as locked:
+        directory.bind(dn, "right-pw")
+    assert locked.value.detail == {"state": "locked"}
+
+    reset = f"uid=hal,{branch}"
+    directory.add(reset, person("hal", userPassword=["temp-pw"], pwdPolicySubentry=[policy], pwdReset=[True]))
+    with pytest.raises(PasswordPolicyError) as must_change:
+        directory.bind(reset, "temp-pw")
+    assert must_change.value.detail == {"state": "must_change"}
+
+
+def test_location_and_dn_helpers():
+    dn = "didmosUUID=00000000-0000-0000-0000-000000000002,ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de"
+    assert location(dn) == [
+        {"de": "dc=de"}, {"didmos": "dc=didmos,dc=de"}, {"default-tenant": "ou=default-tenant,dc=didmos,dc=de"},
+        {"data": "ou=data,ou=default-tenant,dc=didmos,dc=de"},
+        {"people": "ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de"},
+        {"00000000-0000-0000-0000-000000000002": dn},
+    ]
+    assert common_suffix(["uid=a,ou=x,dc=de", "uid=b,OU=X,dc=de", "uid=c,ou=y,dc=de"]) == "dc=de"
+    assert normalize_dn("UID=A, OU=X,dc=de") == "uid=a,ou=x,dc=de"
