@@ -23,7 +23,6 @@ from typing import Any
 import ldap
 import ldap.cidict
 import ldap.dn
-import ldap.filter
 from ldap.controls import DecodeControlTuples
 from ldap.controls.libldap import AssertionControl, MatchedValuesControl, SimplePagedResultsControl
 from ldap.controls.ppolicy import PasswordPolicyControl
@@ -44,6 +43,7 @@ from didmos_host.errors import (
     Unavailable,
 )
 from didmos_host.records import Actor, LdapOperation
+from didmos_ldap.filters import any_of, eq
 from didmos_ldap.pool import CONNECTION_ERRORS, ConnectionPool, PoolSettings, wait_backoff
 
 SUBTREE, ONELEVEL, BASE = ldap.SCOPE_SUBTREE, ldap.SCOPE_ONELEVEL, ldap.SCOPE_BASE
@@ -306,8 +306,7 @@ class Directory:
         base = common_suffix(names)
         for start in range(0, len(names), chunk):
             part = names[start:start + chunk]
-            filterstr = "(|" + "".join(ldap.filter.filter_format("(entryDN=%s)", [dn]) for dn in part) + ")"
-            for entry in self.search(base, filterstr, SUBTREE, attrs, actor=actor):
+            for entry in self.search(base, any_of(*(eq("entryDN", dn) for dn in part)), SUBTREE, attrs, actor=actor):
                 found[normalize_dn(entry.dn)] = entry
         return found
 
@@ -441,8 +440,7 @@ def _present_deletes(conn, dn: str, changes) -> list:
     if not deletes:
         return list(changes)
     # A values-return filter (RFC 3876) is a parenthesised list of simple items, without "|".
-    wanted = "(" + "".join(ldap.filter.filter_format(f"({attr}=%s)", [v.decode("utf-8", "surrogateescape")])
-                            for attr, values in deletes for v in values) + ")"
+    wanted = "(" + "".join(str(eq(attr, value)) for attr, values in deletes for value in values) + ")"
     control = MatchedValuesControl(criticality=True, filterstr=wanted)
     found = conn.search_ext_s(dn, BASE, "(objectClass=*)", [attr for attr, _ in deletes], serverctrls=[control])
     present = ldap.cidict.cidict(found[0][1]) if found else {}
