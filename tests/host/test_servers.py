@@ -157,3 +157,16 @@ def test_redis_without_persistence(tmp_path):
     assert not any(server.data_dir.glob("*.rdb")) and not (server.data_dir / "appendonlydir").exists()
     with server:
         assert redis.Redis.from_url(server.url).get("k") is None
+
+
+def test_bulk_load_adds_entries_offline(tmp_path):
+    server = SlapdServer(tmp_path / "bulk", port=free_port(), rootpw="pw", password_hash="{SSHA}", nosync=True)
+    ldif = tmp_path / "data.ldif"
+    ldif.write_text("dn: dc=de\nobjectClass: dcObject\nobjectClass: organization\ndc: de\no: de\n\n"
+                    + "".join(f"dn: cn=n{i},dc=de\nobjectClass: applicationProcess\ncn: n{i}\n\n" for i in range(50)))
+    server.bulk_load(ldif)
+    with server:
+        found = server.admin_connection().search_s("dc=de", ldap.SCOPE_ONELEVEL, "(cn=n*)", ["entryUUID"])
+        assert len(found) == 50 and all(attrs["entryUUID"] for _, attrs in found)
+        with pytest.raises(ServerError, match="stop slapd"):
+            server.bulk_load(ldif)
