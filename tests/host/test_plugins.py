@@ -239,3 +239,19 @@ def test_healthz_answers(client):
 def test_create_app_without_entry_points_has_only_the_host():
     app = create_app(load_entry_points=False)
     assert plugin_names(app.extensions["didmos"].pm) == ["didmos_host"]
+
+
+def test_services_hook_lets_plugins_offer_services_to_each_other():
+    class Clock:
+        def now(self):
+            return 42
+
+    provider = plugin("provider", didmos_services=hookimpl(lambda host: host.provide("clock", Clock())))
+    host = Host.create(extra_plugins=[provider])
+    assert host.service("clock").now() == 42
+    with pytest.raises(LookupError, match="no plugin provides the service 'calendar'"):
+        host.service("calendar")
+    with pytest.raises(ValueError, match="already provided"):
+        host.provide("clock", Clock())
+    # the LDAP plugin offers the directory service, without connecting yet
+    assert type(host.service("directory")).__name__ == "Directory"
