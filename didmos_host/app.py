@@ -9,8 +9,10 @@ import flask
 
 from didmos_host import __version__
 from didmos_host.api import Api
+from didmos_host.errors import AuthenticationFailed
 from didmos_host.host import Host
 from didmos_host.plugins import collect_named
+from didmos_host.records import Actor
 
 
 def create_app(*, extra_plugins: Iterable[Any] = (), load_entry_points: bool = True, **overrides: Any) -> flask.Flask:
@@ -54,3 +56,21 @@ def _build(host: Host) -> flask.Flask:
 def current_host() -> Host:
     """The host of the app handling the current request."""
     return flask.current_app.extensions["didmos"]
+
+
+def current_actor(*, required: bool = True) -> Actor | None:
+    """Who the current request is made for (asked once per request of ``didmos_authenticate``).
+
+    With ``required``, a request without credentials raises :class:`AuthenticationFailed` (401).
+    """
+    if "didmos_actor" not in flask.g:
+        flask.g.didmos_actor = current_host().hook.didmos_authenticate(request=flask.request)
+    actor = flask.g.didmos_actor
+    if actor is None and required:
+        raise AuthenticationFailed("authentication required")
+    return actor
+
+
+def challenges(host: Host) -> list[str]:
+    """Every ``WWW-Authenticate`` challenge the installed authentication plugins offer."""
+    return [challenge for found in host.hook.didmos_auth_challenges() for challenge in found or ()]

@@ -47,12 +47,14 @@ def didmos_settings():
             name="directory",
             defaults={"uri": "ldap://127.0.0.1:389", "bind_dn": "cn=didmos-service,ou=system,dc=didmos,dc=de",
                       "bind_password": "", "config_uri": "", "config_bind_dn": "", "config_bind_password": "",
-                      "suffix": "dc=de", "superadmin_password": ""},
+                      "suffix": "dc=de", "superadmin_password": "",
+                      "service_policy_dn": "cn=no-lockout,ou=policies,dc=didmos,dc=de"},
             validators=(
                 Validator("directory.uri", is_type_of=str, len_min=1),
                 Validator("directory.bind_dn", "directory.suffix", is_type_of=str, len_min=1),
                 Validator("directory.bind_password", "directory.config_uri", "directory.config_bind_dn",
-                          "directory.config_bind_password", "directory.superadmin_password", is_type_of=str),
+                          "directory.config_bind_password", "directory.superadmin_password",
+                          "directory.service_policy_dn", is_type_of=str),
             ),
             secrets=("bind_password", "config_bind_password", "superadmin_password"),
             descriptions={
@@ -66,6 +68,8 @@ def didmos_settings():
                 "suffix": "Suffix of the database didmos uses.",
                 "superadmin_password": "Password given to the superadmin when `didmos directory init` "
                                        "creates it; empty: generated and printed once.",
+                "service_policy_dn": "Password policy of the service account (one without lockout, so that "
+                                     "nobody can lock didmos out by guessing); empty: the directory's default.",
             },
         ),
         SettingsNamespace(
@@ -102,7 +106,22 @@ def didmos_handle_exception(error, request):
     else:
         log.exception("unhandled error on %s %s", request.method, request.path)
         status, message = 500, "internal error; the server log has the details"
-    return flask.make_response(flask.jsonify(status=status, detail=message), status)
+    response = flask.make_response(flask.jsonify(status=status, detail=message), status)
+    add_error_headers(response, error)
+    return response
+
+
+def add_error_headers(response: flask.Response, error: Exception) -> flask.Response:
+    """``WWW-Authenticate`` on 401 and ``Retry-After`` on 429/503, for every API's error responses."""
+    from didmos_host.app import challenges, current_host
+    from didmos_host.errors import AuthenticationFailed, TooManyAttempts
+
+    if isinstance(error, AuthenticationFailed):
+        for challenge in error.challenges or challenges(current_host()):
+            response.headers.add("WWW-Authenticate", challenge)
+    if isinstance(error, TooManyAttempts):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 @hookimpl(trylast=True)
@@ -114,13 +133,11 @@ def didmos_directory_entries(settings):
     import ldap.dn
 
     (attr, value, _), = ldap.dn.str2dn(cfg.bind_dn)[0]
-    return [
-        DirectoryEntry(
-            dn=cfg.bind_dn,
-            attributes={"objectClass": ["applicationProcess", "simpleSecurityObject"], attr: [value],
-                        "description": ["didmos service account"], "userPassword": [cfg.bind_password]},
-        )
-    ]
+    attributes = {"objectClass": ["applicationProcess", "simpleSecurityObject"], attr: [value],
+                  "description": ["didmos service account"], "userPassword": [cfg.bind_password]}
+    if cfg.service_policy_dn:
+        attributes["pwdPolicySubentry"] = [cfg.service_policy_dn]
+    return [DirectoryEntry(dn=cfg.bind_dn, attributes=attributes)]
 
 
 def _ping(payload, context):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -106,9 +107,34 @@ def parse_ldif(text: str) -> list[tuple[str, str, Any]]:
     return records
 
 
-def apply_migration(conn, migration: SchemaMigration, suffix_db: str) -> None:
+_PLACEHOLDER = re.compile(r"\{(suffix_db|overlay:[A-Za-z0-9_-]+|setting:[A-Za-z0-9_.]+)\}")
+
+
+def fill_placeholders(text: str, conn, suffix_db: str, settings: Any) -> str:
+    """Replace ``{suffix_db}``, ``{overlay:NAME}`` and ``{setting:KEY}`` in a migration's LDIF."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name == "suffix_db":
+            return suffix_db
+        if name.startswith("overlay:"):
+            overlay = name.split(":", 1)[1]
+            for dn, attrs in conn.search_s(suffix_db, ldap.SCOPE_ONELEVEL, "(objectClass=olcOverlayConfig)", ["olcOverlay"]):
+                if attrs["olcOverlay"][0].decode().split("}")[-1] == overlay:
+                    return dn
+            raise ConfigError(f"the directory has no {overlay} overlay on {suffix_db}; see docs/operations.md")
+        key = name.split(":", 1)[1]
+        found = settings.get(key)
+        if found is None:
+            raise ConfigError(f"migration refers to setting {key!r}, which does not exist")
+        return str(found)
+
+    return _PLACEHOLDER.sub(value, text)
+
+
+def apply_migration(conn, migration: SchemaMigration, suffix_db: str, settings: Any = None) -> None:
     """Apply one migration's LDIF to cn=config. A change that is already there counts as done."""
-    text = migration.ldif.read_text().replace("{suffix_db}", suffix_db)
+    text = fill_placeholders(migration.ldif.read_text(), conn, suffix_db, settings)
     for kind, dn, payload in parse_ldif(text):
         try:
             if kind == "add":
@@ -186,7 +212,7 @@ def init_directory(host: Host, conn=None) -> InitReport:
     for migration in sorted(migrations, key=lambda m: (m.order, m.name)):
         if migration.name in applied:
             continue
-        apply_migration(conn, migration, suffix_db)
+        apply_migration(conn, migration, suffix_db, settings)
         stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime())
         _ensure(
             conn,

@@ -31,9 +31,27 @@ class OperationRejected(DidmosError):
 
 
 class AuthenticationFailed(DidmosError):
-    """Credentials were presented and are wrong, expired or locked."""
+    """No credentials, or credentials that are wrong, expired or locked.
+
+    ``challenges`` are the ``WWW-Authenticate`` values to send back; when empty, the host asks the
+    ``didmos_auth_challenges`` hook.
+    """
 
     status = 401
+
+    def __init__(self, message: str, *, challenges: list[str] | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.challenges = challenges or []
+
+
+class TooManyAttempts(DidmosError):
+    """Too many failed authentication attempts; ``retry_after`` seconds until the next may be tried."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class Forbidden(DidmosError):

@@ -145,6 +145,15 @@ def didmos_authenticate(request: flask.Request) -> Actor | None:
 
 
 @hookspec
+def didmos_auth_challenges() -> list[str]:
+    """The ``WWW-Authenticate`` challenges of the authentication schemes a plugin accepts.
+
+    Called when a request without valid credentials is answered with 401; every implementation's
+    challenges are sent (for example ``'Basic realm="didmos", charset="UTF-8"'``).
+    """
+
+
+@hookspec
 def didmos_authorize(actor: Actor | None, action: Action) -> bool | None:
     """Vote on whether ``actor`` may perform ``action``.
 

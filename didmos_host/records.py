@@ -116,8 +116,9 @@ class SchemaMigration:
 
     ``name`` is unique and stable (``didmos_ldap.0001-schema``); migrations run sorted by
     ``(order, name)``. ``ldif`` is a file in LDIF change format (``changetype: add`` / ``modify``),
-    applied to cn=config. The placeholder ``{suffix_db}`` in it is replaced by the DN of the suffix's
-    database entry (for example ``olcDatabase={2}mdb,cn=config``).
+    applied to cn=config. Placeholders: ``{suffix_db}`` is the DN of the suffix's database entry (for
+    example ``olcDatabase={2}mdb,cn=config``), ``{overlay:NAME}`` the DN of overlay NAME on it, and
+    ``{setting:KEY}`` the value of a setting (``{setting:ldap.base_dn}``).
     """
 
     name: str

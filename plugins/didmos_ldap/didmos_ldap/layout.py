@@ -17,12 +17,14 @@ system accounts, cn=config) is refused before the directory is asked.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import ldap.dn
 
 from didmos_host.errors import DidmosError
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Settings key of the default parent for each kind of object.
 BASE_KEYS = {"people": "people_dn", "groups": "groups_dn", "organizations": "organizations_dn"}
 
@@ -76,5 +78,11 @@ class Layout:
         return ldap.dn.dn2str(ldap.dn.str2dn(node_dn))
 
     def child_dn(self, rdn_attr: str, rdn_value: str, parent: str) -> str:
-        """The DN of a new entry, its RDN value escaped with python-ldap's own helper."""
-        return f"{rdn_attr}={ldap.dn.escape_dn_chars(rdn_value)},{parent}"
+        """The DN of a new entry, its RDN value escaped so that it stays exactly one value.
+
+        python-ldap's ``escape_dn_chars`` covers RFC 4514's special characters; control characters,
+        which libldap would otherwise trim as white space, are added as ``\\XX`` hex escapes.
+        """
+        escaped = _CONTROL.sub(lambda m: "".join(f"\\{b:02X}" for b in m.group().encode()),
+                               ldap.dn.escape_dn_chars(rdn_value))
+        return f"{rdn_attr}={escaped},{parent}"

@@ -22,6 +22,8 @@ DEFAULTS = {
     "organizations_dn": "ou=organizations,ou=data,ou=default-tenant,dc=didmos,dc=de",
     "superadmin": {"uuid": SUPERADMIN_UUID, "user_name": "superadmin", "given_name": "Super",
                    "family_name": "Admin"},
+    "password_policy": {"max_failures": 10, "lockout_seconds": 600, "failure_count_interval": 600,
+                        "must_change_after_reset": True},
     "read_uris": "",
     "pool_size": 10,
     "connect_timeout": 3.0,
@@ -57,7 +59,9 @@ def didmos_settings():
                 Validator("ldap.read_uris", "ldap.tls_ca_file", is_type_of=str),
                 Validator("ldap.pool_size", "ldap.page_size", is_type_of=int, gte=1),
                 Validator("ldap.connect_timeout", "ldap.timeout", "ldap.retry_seconds", is_type_of=(int, float), gte=0),
-                Validator("ldap.starttls", is_type_of=bool),
+                Validator("ldap.starttls", "ldap.password_policy.must_change_after_reset", is_type_of=bool),
+                Validator("ldap.password_policy.max_failures", "ldap.password_policy.lockout_seconds",
+                          "ldap.password_policy.failure_count_interval", is_type_of=int, gte=0),
                 Validator("ldap.tls_require_cert", is_in=("never", "allow", "try", "demand")),
                 Validator("ldap.superadmin.uuid", "ldap.superadmin.user_name", "ldap.superadmin.given_name",
                           "ldap.superadmin.family_name", is_type_of=str, len_min=1),
@@ -74,6 +78,11 @@ def didmos_settings():
                 "superadmin.user_name": "Its userName (LDAP uid).",
                 "superadmin.given_name": "Its given name.",
                 "superadmin.family_name": "Its family name.",
+                "password_policy.max_failures": "Failed binds before an account locks (0: never).",
+                "password_policy.lockout_seconds": "How long a lock lasts (0: until an administrator unlocks).",
+                "password_policy.failure_count_interval": "Seconds after which failed binds are forgotten.",
+                "password_policy.must_change_after_reset": "A password set by an administrator must be changed "
+                                                           "at the next login.",
                 "read_uris": "LDAP URIs of read-only replicas for searches, space separated; empty: `directory.uri`.",
                 "pool_size": "Connections per pool (service account, replicas, user binds each have one).",
                 "connect_timeout": "Seconds to wait for a TCP connection (and for a free pooled connection).",
@@ -126,7 +135,22 @@ def didmos_directory_entries(settings):
         },
         announce=f"superadmin created: userName {admin.user_name}, didmosUUID {admin.uuid}",
     )
-    return [*containers, superadmin]
+    policy = cfg.password_policy
+    policies = f"ou=policies,{cfg.base_dn}"
+    common = {"objectClass": ["applicationProcess", "pwdPolicy"], "pwdAttribute": ["userPassword"]}
+    return [
+        *containers,
+        superadmin,
+        DirectoryEntry(dn=policies, attributes=_container(policies)),
+        DirectoryEntry(dn=f"cn=default,{policies}", attributes={
+            **common, "cn": ["default"], "pwdLockout": [str(policy.max_failures > 0).upper()],
+            "pwdMaxFailure": [str(policy.max_failures)], "pwdLockoutDuration": [str(policy.lockout_seconds)],
+            "pwdFailureCountInterval": [str(policy.failure_count_interval)],
+            "pwdMustChange": [str(policy.must_change_after_reset).upper()]}),
+        DirectoryEntry(dn=f"cn=no-lockout,{policies}", attributes={
+            **common, "cn": ["no-lockout"], "pwdLockout": ["FALSE"],
+            "description": ["for service accounts: guessing must not lock didmos out"]}),
+    ]
 
 
 def _container(dn: str) -> dict[str, list[str]]:

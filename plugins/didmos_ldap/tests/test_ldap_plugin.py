@@ -15,7 +15,8 @@ def test_layout_settings_must_be_dns():
 def test_migrations_are_the_shipped_ldif_files_in_order():
     host = Host.create()
     (migrations,) = [m for m in host.hook.didmos_directory_migrations() if m and m[0].name.startswith("didmos_ldap")]
-    assert [m.name for m in migrations] == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes"]
+    assert [m.name for m in migrations] == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes",
+        "didmos_ldap.0003-default-password-policy"]
     assert all(m.ldif.parent == SCHEMA_DIR and m.ldif.is_file() for m in migrations)
 
 

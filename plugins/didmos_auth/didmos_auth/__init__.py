@@ -1,0 +1,3 @@
+"""didmos_auth: who is asking. HTTP Basic against the directory (OpenID Connect to come)."""
+
+__version__ = "0.1.0"
