@@ -256,3 +256,21 @@ def test_services_hook_lets_plugins_offer_services_to_each_other():
         host.provide("clock", Clock())
     # the LDAP plugin offers the directory service, without connecting yet
     assert type(host.service("directory")).__name__ == "Directory"
+
+
+def test_auth_challenges_of_every_plugin_reach_the_401(make_app):
+    from didmos_host.api import Blueprint, MethodView
+    from didmos_host.app import current_actor
+
+    guarded = Blueprint("guarded", __name__, url_prefix="/guarded")
+
+    @guarded.route("/")
+    class Guarded(MethodView):
+        def get(self):
+            return {"uuid": current_actor().uuid}
+
+    app = make_app(plugin("bearer", didmos_blueprints=hookimpl(lambda app: [guarded]),
+                          didmos_auth_challenges=hookimpl(lambda: ['Bearer realm="test"'])))
+    response = app.test_client().get("/guarded/")
+    assert response.status_code == 401
+    assert sorted(response.headers.getlist("WWW-Authenticate")) == ['Basic realm="didmos", charset="UTF-8"', 'Bearer realm="test"']
