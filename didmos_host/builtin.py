@@ -99,20 +99,27 @@ def didmos_blueprints(app):
 
 @hookimpl(trylast=True)
 def didmos_handle_exception(error, request):
+    errors = None
     if isinstance(error, HTTPException):
         status, message = error.code or 500, error.description
+        data = getattr(error, "data", None) or {}  # webargs/flask-smorest validation details
+        message = data.get("message", message)
+        errors = data.get("errors") or data.get("messages")
     elif isinstance(error, DidmosError):
         status, message = error.status, error.message
     else:
         log.exception("unhandled error on %s %s", request.method, request.path)
         status, message = 500, "internal error; the server log has the details"
-    response = flask.make_response(flask.jsonify(status=status, detail=message), status)
+    body = {"status": status, "detail": message}
+    if errors:
+        body["errors"] = errors
+    response = flask.make_response(flask.jsonify(body), status)
     add_error_headers(response, error)
     return response
 
 
 def add_error_headers(response: flask.Response, error: Exception) -> flask.Response:
-    """``WWW-Authenticate`` on 401 and ``Retry-After`` on 429/503, for every API's error responses."""
+    """``WWW-Authenticate`` on 401 and ``Retry-After`` on 429, for every API's error responses."""
     from didmos_host.app import challenges, current_host
     from didmos_host.errors import AuthenticationFailed, TooManyAttempts
 

@@ -93,6 +93,8 @@ def directory_init() -> None:
         click.echo(line)
     if report.generated_password:
         click.echo(f"superadmin password: {report.generated_password}   (generated; shown only this once)")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.command()
@@ -132,22 +134,28 @@ def dev(data_dir: str, port: int, admin_password: str | None) -> None:
     sys.exit(run_dev(data_dir=data_dir, port=port, admin_password=admin_password))
 
 
-def _add_plugin_commands() -> None:
-    try:
-        pm = create_plugin_manager()
-    except DidmosError as exc:
-        # Still let `didmos --help` and friends run, and say why plugin commands are missing.
-        click.echo(f"didmos: warning: plugins not loaded: {exc.message}", err=True)
-        return
-    for commands in pm.hook.didmos_cli_commands():
-        for command in commands or ():
-            if command.name in cli.commands:
-                raise click.ClickException(f"a plugin adds CLI command {command.name!r}, which already exists")
-            cli.add_command(command)
+def add_plugin_commands(group: click.Group, pm=None) -> None:
+    """Add the commands of every plugin to ``group``; a name taken twice stops with both owners named."""
+    if pm is None:
+        try:
+            pm = create_plugin_manager()
+        except DidmosError as exc:
+            # Still let `didmos --help` and friends run, and say why plugin commands are missing.
+            click.echo(f"didmos: warning: plugins not loaded: {exc.message}", err=True)
+            return
+    owners = {name: "didmos_host" for name in group.commands}
+    for impl in reversed(pm.hook.didmos_cli_commands.get_hookimpls()):
+        for command in impl.function() or ():
+            if command.name in owners:
+                click.echo(f"didmos: error: plugin {impl.plugin_name!r} adds the command {command.name!r}, which "
+                           f"{owners[command.name]!r} already has; rename one of them", err=True)
+                sys.exit(2)
+            owners[command.name] = impl.plugin_name
+            group.add_command(command)
 
 
 def main() -> None:
-    _add_plugin_commands()
+    add_plugin_commands(cli)
     cli()
 
 

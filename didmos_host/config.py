@@ -32,12 +32,23 @@ from didmos_host.records import SettingsNamespace
 SYSTEM_SETTINGS_FILE = Path("/etc/didmos/settings.toml")
 #: DIDMOS_* environment variables that steer the host itself and are not settings.
 CONTROL_VARIABLES = {"SETTINGS_FILES", "DISABLE_PLUGINS", "TRACE_PLUGINS", "SLAPD_LOGLEVEL"}
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|credential|private_key)", re.I)
+#: A key whose last part is named like this holds a secret (``bind_password``, ``client_secret``).
+_SECRET_KEY = re.compile(r"(^|_)(password|passwd|secret|token|credentials?|private_key)$", re.I)
 MASK = "********"
 
 
+def _check_toml(path: str) -> None:
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from exc
+
+
 def settings_files() -> list[str]:
-    """The settings files in the order they are read."""
+    """The settings files in the order they are read; each is checked to be readable TOML."""
     files = [str(SYSTEM_SETTINGS_FILE)] if SYSTEM_SETTINGS_FILE.exists() else []
     for name in re.split(r"[:,]", os.environ.get("DIDMOS_SETTINGS_FILES", "")):
         if name.strip():
@@ -45,6 +56,8 @@ def settings_files() -> list[str]:
             if not path.is_file():
                 raise ConfigError(f"DIDMOS_SETTINGS_FILES names {name!r}, which is not a readable file")
             files.append(str(path))
+    for path in files:
+        _check_toml(path)
     return files
 
 
@@ -110,10 +123,32 @@ def load_settings(
     for _, record in records:
         settings.validators.register(*record.validators)
     try:
-        settings.validators.validate()
+        settings.validators.validate_all()
     except ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from exc
+        problems = [_explain(settings, validator, message) for validator, message in exc.details]
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems) if len(problems) > 1
+                          else f"invalid setting {problems[0]}") from exc
     return settings, records
+
+
+_EXPECTATIONS = {
+    "is_type_of": lambda v: "of type " + (" or ".join(t.__name__ for t in v) if isinstance(v, tuple) else v.__name__),
+    "gte": "at least {}".format, "gt": "more than {}".format, "lte": "at most {}".format, "lt": "less than {}".format,
+    "len_min": "at least {} characters long".format, "is_in": lambda v: "one of " + ", ".join(map(repr, v)),
+    "startswith": "starting with {!r}".format,
+}
+
+
+def _explain(settings: Dynaconf, validator, message: str) -> str:
+    """``key: must be ..., got ... (from ...)`` instead of dynaconf's wording."""
+    name = message.split(" ", 1)[0].lower() if message else ""
+    if getattr(validator, "condition", None) is not None and " invalid for " not in message:
+        return message  # a condition the plugin worded itself
+    if not name or not settings.exists(name):
+        return f"{name or '?'}: {message}"
+    wanted = [_EXPECTATIONS[op](value) for op, value in validator.operations.items() if op in _EXPECTATIONS]
+    value = settings.get(name)
+    return f"{name} must be {', '.join(wanted) or 'valid'}; got {value!r} (from {source_of(settings, name)})"
 
 
 def _reject_unknown_keys(settings: Dynaconf, records, owners: dict[str, str]) -> None:
@@ -171,10 +206,11 @@ def source_of(settings: Dynaconf, key: str) -> str:
 
 
 def is_secret(key: str, records) -> bool:
-    """Whether a setting's value is masked: declared secret, or named like a password or token."""
-    namespace, _, rest = key.partition(".")
+    """Whether a setting's value is masked: declared secret (or below one), or named like a password."""
     declared = {record.name + "." + secret for _, record in records for secret in record.secrets}
-    return key in declared or bool(_SECRET_KEY.search(rest or namespace))
+    if any(key == name or key.startswith(name + ".") for name in declared):
+        return True
+    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
 
 
 def describe(settings: Dynaconf, records=()) -> list[tuple[str, Any, str]]:

@@ -37,6 +37,20 @@ def _port_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _lock_data_dir(data_dir: Path):
+    """Refuse a second `didmos dev` on the same data: two slapd on one database would corrupt it."""
+    import fcntl
+
+    handle = open(data_dir / "dev.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DidmosError(f"another `didmos dev` is running on {data_dir}; stop it or choose another --data-dir") from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def _load_state(data_dir: Path) -> dict:
     """Secrets and ports chosen on the first run; kept so a restart finds its servers' data."""
     path = data_dir / STATE_FILE
@@ -77,6 +91,13 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 30.0) -> No
     raise ServerError(f"the API did not answer {url} within {timeout:.0f}s")
 
 
+def _api_prefixes(base: str) -> list[str]:
+    """The first path segment of every route in the running API's OpenAPI document."""
+    with urllib.request.urlopen(base + "/openapi.json", timeout=5) as response:
+        paths = json.loads(response.read())["paths"]
+    return sorted({"/" + path.strip("/").split("/")[0] for path in paths})
+
+
 def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
     if process is None or process.poll() is not None:
         return
@@ -94,6 +115,7 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
     data.mkdir(parents=True, exist_ok=True)
     if not _port_free(port):
         raise DidmosError(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    lock = _lock_data_dir(data)  # noqa: F841 (held until this process exits)
     state = _load_state(data)
     slapd = SlapdServer(data / "slapd", port=state["ldap_port"], rootpw=state["rootpw"])
     redis_server = RedisServer(data / "redis", port=state["redis_port"], persistence=True)
@@ -116,8 +138,11 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
                           "bind_password": state["service_password"]},
             "redis": {"url": redis_server.url},
         })
-        env = dict(os.environ, DIDMOS_SETTINGS_FILES=str(settings_path))
-        os.environ["DIDMOS_SETTINGS_FILES"] = str(settings_path)
+        # The user's own settings files come after ours, so they can change anything but where the
+        # servers are.
+        user_files = os.environ.get("DIDMOS_SETTINGS_FILES", "")
+        os.environ["DIDMOS_SETTINGS_FILES"] = ":".join(filter(None, [str(settings_path), user_files]))
+        env = dict(os.environ)
         host = Host.create({"directory": {"superadmin_password": admin_password or ""}})
         report = init_directory(host)
         if report.migrations_applied:
@@ -138,10 +163,8 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
         click.echo(f"  LDAP        {slapd.uri}  (ldapi: {slapd.ldapi_uri})")
         click.echo(f"  redis       {redis_server.url}")
         click.echo(f"  API         {base}/   OpenAPI document: {base}/openapi.json")
-        from didmos_host.app import _build
-
-        for rule in sorted({str(r.rule).split("/")[1] for r in _build(host).url_map.iter_rules()} - {"", "static"}):
-            click.echo(f"              {base}/{rule}")
+        for prefix in _api_prefixes(base):
+            click.echo(f"              {base}{prefix}")
         click.echo(f"  settings    DIDMOS_SETTINGS_FILES={settings_path} didmos config show")
         click.echo("  Ctrl-C stops everything; the next run on the same --data-dir keeps the data.")
         while not stopping:

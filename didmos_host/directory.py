@@ -40,6 +40,8 @@ class InitReport:
     announcements: list[str] = field(default_factory=list)
     #: The superadmin password when this run generated it and created an entry with it (shown once).
     generated_password: str | None = None
+    #: Things about the directory's configuration an operator should fix.
+    warnings: list[str] = field(default_factory=list)
 
 
 def connect_admin(settings: Any) -> ldap.ldapobject.LDAPObject:
@@ -97,13 +99,18 @@ def parse_ldif(text: str) -> list[tuple[str, str, Any]]:
             records.append(("modify", dn, modops))
 
     for block in text.strip().split("\n\n"):
-        if not block.strip():
+        lines = [line for line in block.splitlines() if not line.startswith("#")]
+        if not lines:
             continue
-        parser = Parser(io.StringIO(block + "\n"))
-        if any(line.strip().lower() == "changetype: modify" for line in block.splitlines()):
-            parser.parse_change_records()
+        changetype = next((line.split(":", 1)[1].strip().lower() for line in lines
+                           if line.lower().startswith("changetype:")), "add")
+        if changetype == "modify":
+            Parser(io.StringIO("\n".join(lines) + "\n")).parse_change_records()
+        elif changetype == "add":
+            content = [line for line in lines if not line.lower().startswith("changetype:")]
+            Parser(io.StringIO("\n".join(content) + "\n")).parse_entry_records()
         else:
-            parser.parse_entry_records()
+            raise ConfigError(f"LDIF changetype {changetype!r} is not supported in migrations (use add or modify)")
     return records
 
 
@@ -140,12 +147,25 @@ def apply_migration(conn, migration: SchemaMigration, suffix_db: str, settings: 
             if kind == "add":
                 conn.add_s(dn, list(payload.items()))
             else:
-                conn.modify_s(dn, payload)
-        except (ldap.ALREADY_EXISTS, ldap.TYPE_OR_VALUE_EXISTS):
+                _modify_tolerantly(conn, dn, payload)
+        except ldap.ALREADY_EXISTS:
             # A run that died between applying and recording left it done; do not fail the rerun.
             log.info("migration %s: %s already applied", migration.name, dn)
         except ldap.LDAPError as exc:
             raise ConfigError(f"migration {migration.name} failed on {dn}: {_describe(exc)}") from exc
+
+
+def _modify_tolerantly(conn, dn: str, modlist) -> None:
+    """Apply a modify; when some added values exist already, add the others one by one."""
+    try:
+        conn.modify_s(dn, modlist)
+    except ldap.TYPE_OR_VALUE_EXISTS:
+        for op, attr, values in modlist:
+            for value in values or [None]:
+                try:
+                    conn.modify_s(dn, [(op, attr, None if value is None else [value])])
+                except ldap.TYPE_OR_VALUE_EXISTS:
+                    log.info("%s: %s value already present", dn, attr)
 
 
 def _container_entry(dn: str) -> dict[str, list[bytes]]:
@@ -174,13 +194,17 @@ def _exists(conn, dn: str) -> bool:
         return False
 
 
-def _ensure(conn, dn: str, entry: dict[str, list[bytes]]) -> bool:
-    """Add ``dn`` (and any missing parent) unless it exists; True when it was added now."""
+def _ensure(conn, dn: str, entry: dict[str, list[bytes]], top: str | None = None) -> bool:
+    """Add ``dn`` (and any missing parent up to ``top``, the suffix) unless it exists.
+
+    Returns True when it was added now.
+    """
     if _exists(conn, dn):
         return False
     parent = ldap.dn.dn2str(ldap.dn.str2dn(dn)[1:])
-    if parent and not _exists(conn, parent):
-        _ensure(conn, parent, _container_entry(parent))
+    is_top = top is None or ldap.dn.str2dn(dn.lower()) == ldap.dn.str2dn(top.lower())
+    if parent and not is_top and not _exists(conn, parent):
+        _ensure(conn, parent, _container_entry(parent), top)
     try:
         conn.add_s(dn, list(entry.items()))
     except ldap.ALREADY_EXISTS:  # another node's init got there first
@@ -188,6 +212,20 @@ def _ensure(conn, dn: str, entry: dict[str, list[bytes]]) -> bool:
     except ldap.LDAPError as exc:
         raise ConfigError(f"cannot create {dn}: {_describe(exc)}") from exc
     return True
+
+
+def check_configuration(conn, suffix_db: str) -> list[str]:
+    """What in the suffix database's configuration endangers didmos's data (for init and doctor)."""
+    overlays = {attrs["olcOverlay"][0].decode().split("}")[-1]: attrs for _, attrs in conn.search_s(
+        suffix_db, ldap.SCOPE_ONELEVEL, "(objectClass=olcOverlayConfig)", ["olcOverlay", "olcPPolicyHashCleartext"])}
+    warnings = []
+    if overlays.get("ppolicy", {}).get("olcPPolicyHashCleartext", [b"FALSE"])[0].upper() != b"TRUE":
+        warnings.append("passwords written by didmos are stored in clear text: the ppolicy overlay with "
+                        "olcPPolicyHashCleartext: TRUE is missing on the suffix database (docs/operations.md)")
+    for needed in ("memberof", "refint", "unique", "syncprov"):
+        if needed not in overlays:
+            warnings.append(f"the {needed} overlay is missing on the suffix database (docs/operations.md)")
+    return warnings
 
 
 def init_directory(host: Host, conn=None) -> InitReport:
@@ -203,7 +241,8 @@ def init_directory(host: Host, conn=None) -> InitReport:
     suffix_db = suffix_database(conn, suffix)
     _ensure(conn, suffix, _container_entry(suffix))
     records_dn = f"{MIGRATIONS_RDN},{suffix}"
-    _ensure(conn, records_dn, _container_entry(records_dn))
+    _ensure(conn, records_dn, _container_entry(records_dn), suffix)
+    report.warnings.extend(check_configuration(conn, suffix_db))
     applied = {
         entry["cn"][0].decode()
         for _, entry in conn.search_s(records_dn, ldap.SCOPE_ONELEVEL, "(objectClass=applicationProcess)", ["cn"])
@@ -227,7 +266,7 @@ def init_directory(host: Host, conn=None) -> InitReport:
     for declared in sorted(entries, key=lambda e: len(ldap.dn.str2dn(e.dn))):
         attrs = {name: [v.encode() if isinstance(v, str) else v for v in values]
                  for name, values in declared.attributes.items()}
-        if _ensure(conn, declared.dn, attrs):
+        if _ensure(conn, declared.dn, attrs, suffix):
             report.entries_created.append(declared.dn)
             if declared.announce:
                 report.announcements.append(declared.announce)

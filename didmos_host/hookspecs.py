@@ -95,7 +95,8 @@ def didmos_cli_commands() -> list[click.Command]:
 def didmos_resource_types() -> list[ResourceType]:
     """Declare the kinds of directory objects the APIs manage (User, Groups, Organization, ...).
 
-    Called once while the app is built. Returns :class:`~didmos_host.records.ResourceType` records;
+    Called once whenever a :class:`~didmos_host.host.Host` is created (API, worker and CLI alike).
+    Returns :class:`~didmos_host.records.ResourceType` records;
     the host indexes them by ``name`` and rejects duplicates.
     """
 
@@ -127,8 +128,10 @@ def didmos_ldap_pre_operation(operation: LdapOperation, actor: Actor | None) -> 
 def didmos_ldap_post_operation(operation: LdapOperation, result: Any, actor: Actor | None) -> None:
     """See an LDAP operation and its result after the directory answered.
 
-    Called after every operation that went through ``didmos_ldap`` and succeeded; ``result`` is what
-    the operation returned (entries for a search, the post-read entry for a write, ``None`` otherwise).
+    Called after every operation that went through ``didmos_ldap`` and succeeded. ``result`` is what
+    the operation returned: the list of entries of a search (the number of entries of a paged,
+    streamed search), the post-read entry of a write (``None`` without read-back), the new entry or
+    new DN of a modrdn, and a ``BindResult`` for a bind.
     Implementations must not raise to undo anything: the write already happened. Returns nothing.
     """
 

@@ -41,6 +41,9 @@ def create_plugin_manager(
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name=HOST_PLUGIN_NAME)
     for name in _names(os.environ.get("DIDMOS_DISABLE_PLUGINS")):
+        if name == HOST_PLUGIN_NAME:
+            raise PluginError("DIDMOS_DISABLE_PLUGINS names didmos_host, which cannot be disabled: "
+                              "override its hooks with tryfirst implementations instead")
         pm.set_blocked(name)
     if load_entry_points:
         _load_entry_points(pm)

@@ -16,7 +16,7 @@ class SettingsNamespace:
     with keys written relative to the namespace (``"uri"``, not ``"ldap.uri"``); only the plugin that
     owns the namespace declares them. ``secrets`` lists the keys whose values ``didmos config show``
     masks; keys named like passwords, secrets and tokens are masked anyway.
-    ``descriptions`` maps each key to one line for ``docs/settings.md`` and ``didmos config show``.
+    ``descriptions`` maps each key to one line, for ``docs/settings.md`` (a test checks every key is there).
     """
 
     name: str
@@ -115,8 +115,8 @@ class SchemaMigration:
     """A versioned change to the directory configuration, applied once.
 
     ``name`` is unique and stable (``didmos_ldap.0001-schema``); migrations run sorted by
-    ``(order, name)``. ``ldif`` is a file in LDIF change format (``changetype: add`` / ``modify``),
-    applied to cn=config. Placeholders: ``{suffix_db}`` is the DN of the suffix's database entry (for
+    ``(order, name)``. ``ldif`` is an LDIF file of records to add (with or without ``changetype: add``)
+    and ``changetype: modify`` records, applied to cn=config; lines starting with ``#`` are comments. Placeholders: ``{suffix_db}`` is the DN of the suffix's database entry (for
     example ``olcDatabase={2}mdb,cn=config``), ``{overlay:NAME}`` the DN of overlay NAME on it, and
     ``{setting:KEY}`` the value of a setting (``{setting:ldap.base_dn}``).
     """
@@ -131,7 +131,8 @@ class DirectoryEntry:
     """An entry the directory must contain; created when missing, never changed when present.
 
     ``attributes`` maps attribute names to lists of str values. ``announce`` is printed by
-    ``didmos dev`` when the entry is created now (for example the superadmin's generated password).
+    ``didmos dev`` and ``didmos directory init`` when the entry is created now (for example
+    "superadmin created"); a generated superadmin password is reported separately, once.
     """
 
     dn: str

@@ -81,5 +81,9 @@ def run_worker(host: Host, *, burst: bool = False, queues: list[str] | None = No
     global _worker_host
     _worker_host = host
     connection = connect(host)
+    try:
+        connection.ping()
+    except redis.exceptions.ConnectionError as exc:
+        raise Unavailable(f"task queue at {host.settings.redis.url} cannot be reached: {exc}") from exc
     worker = rq.Worker(queues or queue_names(host), connection=connection)
     return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")

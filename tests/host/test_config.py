@@ -105,7 +105,7 @@ def test_missing_settings_file_is_named(monkeypatch, tmp_path):
 
 def test_broken_settings_file_is_named(settings_file):
     path = settings_file("[demo\nsize = ")
-    with pytest.raises(ConfigError, match="cannot read settings"):
+    with pytest.raises(ConfigError, match="is not valid TOML"):
         Host.create(extra_plugins=[owner()])
     assert path.exists()
 
@@ -146,3 +146,29 @@ def test_cli_stops_with_a_message_naming_the_bad_setting():
     assert "api.port" in result.stderr.lower() and "Traceback" not in result.stderr
     result = run_cli("config", "show", DIDMOS_LDAP__PEOPLE_DN="not a dn")
     assert result.returncode == 2 and "ldap.people_dn" in result.stderr.lower() and "must be a DN" in result.stderr
+
+
+def test_masking_goes_by_the_key_name_not_by_a_word_inside_it():
+    host = Host.create({"directory": {"bind_password": "x"}})
+    values = {key: value for key, value, _ in describe(host.settings, host.namespaces)}
+    assert values["directory.bind_password"] == MASK
+    assert values["ldap.password_policy.max_failures"] == 10  # a policy, not a password
+    assert values["auth.credential_cache_seconds"] == 60.0
+
+
+def test_several_bad_settings_are_all_named_with_what_is_expected(monkeypatch):
+    monkeypatch.setenv("DIDMOS_API__PORT", "0")
+    monkeypatch.setenv("DIDMOS_API__WORKERS", "'two'")
+    with pytest.raises(ConfigError) as excinfo:
+        Host.create()
+    message = str(excinfo.value)
+    assert "api.port must be of type int, at least 1, at most 65535; got 0 (from env DIDMOS_API__PORT)" in message
+    assert "api.workers must be of type int, at least 1; got 'two'" in message
+
+
+def test_an_invalid_toml_file_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "broken.toml"
+    path.write_text("[api\nport = 1\n")
+    monkeypatch.setenv("DIDMOS_SETTINGS_FILES", str(path))
+    with pytest.raises(ConfigError, match=f"settings file {path} is not valid TOML"):
+        Host.create()

@@ -102,6 +102,11 @@ def test_dev_runs_restarts_with_its_data_and_stops_cleanly(tmp_path):
         conn.add_s("ou=kept,dc=didmos,dc=de", [("objectClass", [b"organizationalUnit"]), ("ou", [b"kept"])])
         redis.Redis(port=state["redis_port"]).set("kept", "yes")
         assert first.state()["ldap_port"] != second.state()["ldap_port"]
+        # a second `didmos dev` on the same data directory is refused, and the first keeps running
+        clash = subprocess.run([sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(first.data_dir),
+                                "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+        assert clash.returncode == 2 and "another `didmos dev` is running" in clash.stderr
+        assert get(f"http://127.0.0.1:{first.port}/healthz")[0] == 200
     finally:
         for dev in (first, second):
             if dev.process.poll() is None:

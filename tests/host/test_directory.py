@@ -132,3 +132,30 @@ def test_cli_directory_init_is_safe_to_run_again(didmos_slapd, didmos_overrides)
                             text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "migrations applied: none (up to date)" in result.stdout and "entries created: 0" in result.stdout
+
+
+def test_parse_ldif_accepts_changetype_add_and_comments_and_refuses_others():
+    records = parse_ldif("# a comment\ndn: cn=a,dc=de\nchangetype: add\nobjectClass: top\ncn: a\n")
+    assert records == [("add", "cn=a,dc=de", {"objectClass": [b"top"], "cn": [b"a"]})]
+    with pytest.raises(ConfigError, match="changetype 'delete' is not supported"):
+        parse_ldif("dn: cn=a,dc=de\nchangetype: delete\n")
+
+
+def test_a_modify_whose_values_partly_exist_adds_the_others(didmos_slapd, didmos_overrides, tmp_path):
+    ldif_file = tmp_path / "partial.ldif"
+    # "didmosUUID eq" exists since migration 0002; "title eq" does not
+    ldif_file.write_text("dn: {suffix_db}\nchangetype: modify\nadd: olcDbIndex\nolcDbIndex: didmosUUID eq\n"
+                         "olcDbIndex: title eq\n")
+
+    class Partial:
+        @hookimpl
+        def didmos_directory_migrations(self):
+            return [SchemaMigration(name="partial.0001", ldif=ldif_file, order=400)]
+
+    assert init_directory(Host.create(didmos_overrides, extra_plugins=[Partial()])).migrations_applied == ["partial.0001"]
+    databases = didmos_slapd.config_connection().search_s("cn=config", ldap.SCOPE_ONELEVEL, "(olcSuffix=dc=de)", ["olcDbIndex"])
+    assert b"title eq" in databases[0][1]["olcDbIndex"]
+
+
+def test_the_test_directory_raises_no_configuration_warning(didmos_slapd):
+    assert didmos_slapd.init_report.warnings == []

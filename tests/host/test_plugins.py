@@ -179,11 +179,25 @@ def test_cli_commands_hook_adds_a_command():
 
     pm = create_plugin_manager([plugin(didmos_cli_commands=hookimpl(lambda: [hello]))])
     group = click.Group(commands=dict(cli_module.cli.commands))
-    for commands in pm.hook.didmos_cli_commands():
-        for command in commands:
-            group.add_command(command)
+    cli_module.add_plugin_commands(group, pm)
     result = CliRunner().invoke(group, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output
+
+
+def test_a_cli_command_name_taken_twice_stops_naming_both(capsys):
+    from didmos_host import cli as cli_module
+
+    clash = plugin("clashing", didmos_cli_commands=hookimpl(lambda: [click.Command("serve")]))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.add_plugin_commands(click.Group(commands=dict(cli_module.cli.commands)), create_plugin_manager([clash]))
+    assert exit_info.value.code == 2
+    assert "plugin 'clashing' adds the command 'serve', which 'didmos_host' already has" in capsys.readouterr().err
+
+
+def test_the_host_plugin_cannot_be_disabled(monkeypatch):
+    monkeypatch.setenv("DIDMOS_DISABLE_PLUGINS", "didmos_host")
+    with pytest.raises(PluginError, match="cannot be disabled"):
+        create_plugin_manager()
 
 
 def test_blueprints_startup_and_exception_hooks(make_app):
@@ -274,3 +288,28 @@ def test_auth_challenges_of_every_plugin_reach_the_401(make_app):
     response = app.test_client().get("/guarded/")
     assert response.status_code == 401
     assert sorted(response.headers.getlist("WWW-Authenticate")) == ['Basic realm="didmos", charset="UTF-8"', 'Bearer realm="test"']
+
+
+def test_http_errors_and_validation_errors_use_the_didmos_body(make_app):
+    from didmos_host.api import Blueprint, MethodView, Schema, fields
+
+    class Query(Schema):
+        count = fields.Integer(required=True)
+
+    strict = Blueprint("strict", __name__, url_prefix="/strict")
+
+    @strict.route("/")
+    class Strict(MethodView):
+        @strict.arguments(Query, location="query")
+        def get(self, args):
+            return {"count": args["count"]}
+
+    client = make_app(plugin(didmos_blueprints=hookimpl(lambda app: [strict]))).test_client()
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json["status"] == 404 and "detail" in missing.json
+    assert client.post("/healthz").status_code == 405
+    invalid = client.get("/strict/?count=many")
+    assert invalid.status_code == 422 and invalid.json["errors"]["query"]["count"]
+    assert client.get("/strict/?count=3").json == {"count": 3}
+    error_schema = client.get("/openapi.json").json["components"]["schemas"]["Error"]["properties"]
+    assert set(error_schema) == {"status", "detail", "errors"}

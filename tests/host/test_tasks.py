@@ -52,3 +52,5 @@ def test_unreachable_redis_is_unavailable_not_a_crash(didmos_overrides):
     host = Host.create({**didmos_overrides, "redis": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
     with pytest.raises(Unavailable, match="cannot be reached"):
         enqueue(host, "didmos.ping", {"value": 1})
+    with pytest.raises(Unavailable, match="cannot be reached"):
+        run_worker(host, burst=True)

@@ -73,6 +73,9 @@ class ConnectionPool:
 
     def _open(self) -> ldap.ldapobject.LDAPObject:
         s = self.settings
+        if s.bind_dn and not s.bind_password:
+            # LDAP would take a DN with an empty password as an anonymous bind and then refuse writes.
+            raise ConfigError(f"directory.bind_password is empty; set the password of {s.bind_dn}")
         errors = []
         count = len(s.uris)
         for step in range(count):

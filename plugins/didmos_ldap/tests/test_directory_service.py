@@ -220,3 +220,11 @@ def test_location_and_dn_helpers():
     ]
     assert common_suffix(["uid=a,ou=x,dc=de", "uid=b,OU=X,dc=de", "uid=c,ou=y,dc=de"]) == "dc=de"
     assert normalize_dn("UID=A, OU=X,dc=de") == "uid=a,ou=x,dc=de"
+
+
+def test_an_empty_service_password_is_a_configuration_error_not_an_anonymous_bind(make_directory):
+    from didmos_host.errors import ConfigError
+
+    directory = make_directory(directory={"bind_password": ""})  # built lazily: no error yet
+    with pytest.raises(ConfigError, match="directory.bind_password is empty"):
+        directory.search("dc=de", "(objectClass=*)", BASE)
