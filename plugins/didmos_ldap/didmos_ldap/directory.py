@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ldap
 import ldap.cidict
@@ -45,6 +45,9 @@ from didmos_host.errors import (
 from didmos_host.records import Actor, LdapOperation
 from didmos_ldap.filters import any_of, eq
 from didmos_ldap.pool import CONNECTION_ERRORS, ConnectionPool, PoolSettings, wait_backoff
+
+if TYPE_CHECKING:
+    from didmos_ldap.cache import EntryCache
 
 SUBTREE, ONELEVEL, BASE = ldap.SCOPE_SUBTREE, ldap.SCOPE_ONELEVEL, ldap.SCOPE_BASE
 #: Permissive Modify (MS-ADTS, supported by OpenLDAP): adding a present value or deleting an absent
@@ -146,13 +149,16 @@ class Directory:
     """LDAP operations with interceptors, error translation, retries, controls and request bundling."""
 
     def __init__(self, hook, pool: ConnectionPool, *, read_pool: ConnectionPool | None = None,
-                 auth_pool: ConnectionPool | None = None, page_size: int = 500, retry_seconds: float = 5.0):
+                 auth_pool: ConnectionPool | None = None, page_size: int = 500, retry_seconds: float = 5.0,
+                 cache: EntryCache | None = None):
         self.hook = hook
         self.pool = pool
         self.read_pool = read_pool or pool
         self.auth_pool = auth_pool
         self.page_size = page_size
         self.retry_seconds = retry_seconds
+        #: The entry cache (``ldap.cache.*``), or None when it is disabled.
+        self.cache = cache
 
     @classmethod
     def from_settings(cls, host) -> Directory:
@@ -166,22 +172,32 @@ class Directory:
                 tls_ca_file=s.tls_ca_file, tls_require_cert=s.tls_require_cert))
 
         main = pool(d.uri, d.bind_dn, d.bind_password, s.pool_size)
+        cache = None
+        if s.cache.enabled:
+            from didmos_ldap.cache import EntryCache  # it imports this module; its thread starts on first use
+
+            cache = EntryCache(main.settings, d.suffix, staleness_seconds=s.cache.staleness_seconds,
+                               max_entries=s.cache.max_entries)
         return cls(
             host.hook, main,
             read_pool=pool(s.read_uris, d.bind_dn, d.bind_password, s.pool_size) if s.read_uris else None,
             auth_pool=pool(d.uri, None, None, s.pool_size),
-            page_size=s.page_size, retry_seconds=s.retry_seconds,
+            page_size=s.page_size, retry_seconds=s.retry_seconds, cache=cache,
         )
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         for pool in {self.pool, self.read_pool, self.auth_pool} - {None}:
             pool.close()
 
     # -- the operation pipeline ------------------------------------------------------------------
 
-    def _run(self, operation: LdapOperation, actor: Actor | None, execute, *, pool=None, retry_sent: bool):
-        """Intercept, execute with retries, translate errors, and report the result."""
-        self.hook.didmos_ldap_pre_operation(operation=operation, actor=actor)
+    def _run(self, operation: LdapOperation, actor: Actor | None, execute, *, pool=None, retry_sent: bool,
+             intercept: bool = True):
+        """Intercept (unless the caller did), execute with retries, translate errors, and report the result."""
+        if intercept:
+            self.hook.didmos_ldap_pre_operation(operation=operation, actor=actor)
         pool = pool or self.pool
         deadline = time.monotonic() + self.retry_seconds
         attempt = 0
@@ -290,9 +306,80 @@ class Directory:
         self.hook.didmos_ldap_post_operation(operation=operation, result=count, actor=actor)
 
     def get(self, dn: str, attrs: Sequence[str] | None = None, *, actor: Actor | None = None) -> Entry | None:
-        """The entry at ``dn``, or ``None``."""
-        found = self.search(dn, "(objectClass=*)", BASE, attrs, actor=actor)
+        """The entry at ``dn``, or ``None``. Served by the entry cache when it is enabled."""
+        if self.cache is None:
+            found = self.search(dn, "(objectClass=*)", BASE, attrs, actor=actor)
+        else:
+            operation = LdapOperation(kind="search", dn=dn, scope=BASE, filter="(objectClass=*)",
+                                      attributes=list(attrs) if attrs is not None else None)
+            found = self._read_cached(operation, actor)
         return found[0] if found else None
+
+    def get_by_uuid(self, uuid: str, base: str, attrs: Sequence[str] | None = None, *,
+                    actor: Actor | None = None) -> Entry | None:
+        """The entry with didmosUUID ``uuid`` at or below ``base``, or ``None`` (the SCIM GET by id).
+
+        Served by the entry cache when it is enabled; otherwise one subtree search. Raises
+        :class:`ConstraintViolation` when several entries below ``base`` have that didmosUUID.
+        """
+        if self.cache is None:
+            found = self.search(base, eq("didmosUUID", uuid), SUBTREE, attrs, actor=actor)
+        else:
+            operation = LdapOperation(kind="search", dn=base, scope=SUBTREE, filter=str(eq("didmosUUID", uuid)),
+                                      attributes=list(attrs) if attrs is not None else None)
+            found = self._read_cached(operation, actor, uuid=uuid)
+        if len(found) > 1:
+            raise ConstraintViolation(f"didmosUUID {uuid} is not unique below {base}: {len(found)} entries have it")
+        return found[0] if found else None
+
+    # -- entry cache (ldap.cache.*) --------------------------------------------------------------
+
+    def _read_cached(self, operation: LdapOperation, actor: Actor | None, *, uuid: str | None = None) -> list[Entry]:
+        """A read by DN (or by didmosUUID) through the entry cache, interceptors included.
+
+        The pre-interceptor sees every read, hit or not, and may restrict its attributes; a read whose
+        scope, filter or controls it changed goes to LDAP. A miss reads what the cache holds from the
+        server the change stream follows, stores it, and returns the attributes asked for.
+        """
+        cache = self.cache
+        asked = (operation.scope, operation.filter)
+        self.hook.didmos_ldap_pre_operation(operation=operation, actor=actor)
+        ticket = None
+        if not operation.controls and (operation.scope, operation.filter) == asked:
+            if uuid is None:
+                entry = cache.lookup(operation.dn, operation.attributes)
+            else:
+                entry = cache.lookup_uuid(uuid, operation.dn, operation.attributes)
+            if entry is not None:
+                found = [entry]
+                self.hook.didmos_ldap_post_operation(operation=operation, result=found, actor=actor)
+                return found
+            ticket = cache.ticket(operation.attributes)
+
+        if ticket is None:
+            def execute(conn, op):
+                found = conn.search_ext_s(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls or None)
+                return [Entry(dn, attrs) for dn, attrs in found if dn is not None]
+        else:
+            def execute(conn, op):
+                found = conn.search_ext_s(op.dn, op.scope, op.filter, list(cache.fill_attributes))
+                return [cache.fill(dn, attrs, ticket) for dn, attrs in found if dn is not None]
+        try:
+            return self._run(operation, actor, execute, pool=self.read_pool if ticket is None else self.pool,
+                             retry_sent=True, intercept=False)
+        except NotFound:
+            return []
+
+    def _invalidate(self, dn: str, operation: LdapOperation) -> None:
+        """After a write, whether it succeeded or not: this node must not read its own write stale."""
+        if self.cache is None:
+            return
+        subtree = operation.kind == "modrdn"  # the entries below moved with it
+        for name in {dn, operation.dn}:
+            self.cache.invalidate(name, subtree=subtree)
+        if subtree:
+            parent = operation.new_superior if operation.new_superior is not None else parent_dn(operation.dn)
+            self.cache.invalidate(f"{operation.new_rdn},{parent}" if parent else operation.new_rdn)
 
     def get_many(self, dns: Iterable[str], attrs: Sequence[str] | None = None, *,
                  actor: Actor | None = None, chunk: int = 100) -> dict[str, Entry]:
@@ -324,7 +411,10 @@ class Directory:
             return _post_read(controls)
 
         self._forget_reads()
-        return self._run(operation, actor, execute, retry_sent=False)
+        try:
+            return self._run(operation, actor, execute, retry_sent=False)
+        finally:
+            self._invalidate(dn, operation)
 
     def modify(self, dn: str, changes: Sequence[tuple[int, str, Any]], *, actor: Actor | None = None,
                if_match: str | None = None, permissive: bool = False,
@@ -360,7 +450,10 @@ class Directory:
             return _post_read(controls)
 
         self._forget_reads()
-        return self._run(operation, actor, execute, retry_sent=False)
+        try:
+            return self._run(operation, actor, execute, retry_sent=False)
+        finally:
+            self._invalidate(dn, operation)
 
     def move(self, dn: str, *, new_rdn: str | None = None, new_superior: str | None = None,
              actor: Actor | None = None, read_back: Sequence[str] | None = None) -> Entry | str:
@@ -380,7 +473,10 @@ class Directory:
             return f"{op.new_rdn},{parent}" if parent else op.new_rdn
 
         self._forget_reads()
-        return self._run(operation, actor, execute, retry_sent=False)
+        try:
+            return self._run(operation, actor, execute, retry_sent=False)
+        finally:
+            self._invalidate(dn, operation)
 
     def delete(self, dn: str, *, actor: Actor | None = None, if_match: str | None = None) -> None:
         operation = LdapOperation(kind="delete", dn=dn)
@@ -391,7 +487,10 @@ class Directory:
             conn.delete_ext_s(op.dn, serverctrls=op.controls or None)
 
         self._forget_reads()
-        self._run(operation, actor, execute, retry_sent=False)
+        try:
+            self._run(operation, actor, execute, retry_sent=False)
+        finally:
+            self._invalidate(dn, operation)
 
     def bind(self, dn: str, password: str, *, actor: Actor | None = None) -> BindResult:
         """Check a user's password by binding as the user, with the password policy control.

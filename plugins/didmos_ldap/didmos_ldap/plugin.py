@@ -33,6 +33,9 @@ DEFAULTS = {
     "starttls": False,
     "tls_ca_file": "",
     "tls_require_cert": "demand",
+    # Entry cache: opt-in, because it needs the syncprov overlay on the suffix and one more connection
+    # per process (its change stream).
+    "cache": {"enabled": False, "staleness_seconds": 2.0, "max_entries": 100_000},
 }
 
 _DN_KEYS = ("base_dn", "tenant_dn", "data_dn", "people_dn", "groups_dn", "organizations_dn")
@@ -63,6 +66,9 @@ def didmos_settings():
                 Validator("ldap.password_policy.max_failures", "ldap.password_policy.lockout_seconds",
                           "ldap.password_policy.failure_count_interval", is_type_of=int, gte=0),
                 Validator("ldap.tls_require_cert", is_in=("never", "allow", "try", "demand")),
+                Validator("ldap.cache.enabled", is_type_of=bool),
+                Validator("ldap.cache.staleness_seconds", is_type_of=(int, float), gt=0),
+                Validator("ldap.cache.max_entries", is_type_of=int, gte=1),
                 Validator("ldap.superadmin.uuid", "ldap.superadmin.user_name", "ldap.superadmin.given_name",
                           "ldap.superadmin.family_name", is_type_of=str, len_min=1),
             ),
@@ -92,6 +98,12 @@ def didmos_settings():
                 "starttls": "Use StartTLS on ldap:// URIs.",
                 "tls_ca_file": "CA certificates file for ldaps:// and StartTLS.",
                 "tls_require_cert": "Server certificate check: never, allow, try or demand.",
+                "cache.enabled": "Serve reads by DN and by didmosUUID from an in-process entry cache kept "
+                                 "coherent by the directory's change stream (off by default: needs syncprov on "
+                                 "the suffix and one more connection per process).",
+                "cache.staleness_seconds": "Longest time a change made elsewhere may stay unseen by cache hits; "
+                                           "past it, reads go to LDAP until the change stream is confirmed again.",
+                "cache.max_entries": "Entries the cache holds at most (least recently used go first).",
             },
         )
     ]
