@@ -23,6 +23,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from ldap.filter import filter_format  # a careful caller escapes what goes into a filter
 from pathlib import Path
 from time import perf_counter
 
@@ -286,13 +288,13 @@ def run(bench: BenchDirectory, args, only: set[str]) -> dict[str, float]:
     # name -> (label, raw side, layer side); raw is python-ldap exactly as a careful caller writes it.
     operations = {
         "read_id": ("read by id: (didmosUUID=...) subtree",
-                    Side(lambda i: conn.search_s(PEOPLE, SUB, f"(didmosUUID={uuids[i]})"), pick),
+                    Side(lambda i: conn.search_s(PEOPLE, SUB, filter_format("(didmosUUID=%s)", [uuids[i]])), pick),
                     Side(lambda i: directory.search(PEOPLE, eq("didmosUUID", uuids[i])), pick)),
         "read_dn": ("read by DN: base scope / get",
                     Side(lambda i: conn.search_s(dns[i], BASE, "(objectClass=*)"), pick),
                     Side(lambda i: directory.get(dns[i]), pick)),
         "search_eq": ("equality search: (uid=...) subtree",
-                      Side(lambda i: conn.search_s(PEOPLE, SUB, f"(uid=u{i})"), pick),
+                      Side(lambda i: conn.search_s(PEOPLE, SUB, filter_format("(uid=%s)", [f"u{i}"])), pick),
                       Side(lambda i: directory.search(PEOPLE, eq("uid", f"u{i}")), pick)),
         "add": ("add a user (fresh DN)",
                 Side(lambda e: conn.add_s(e[0], [(k, [v.encode() for v in vs]) for k, vs in e[1].items()]),

@@ -60,27 +60,43 @@ _request_memo: contextvars.ContextVar[dict | None] = contextvars.ContextVar("did
 
 
 class Entry:
-    """One directory entry: its DN and its attributes (names case-insensitive, values bytes)."""
+    """One directory entry: its DN and its attributes (values bytes).
+
+    Attribute names are matched case-insensitively by :meth:`get`, :meth:`values`, :meth:`first`,
+    :meth:`raw` and ``in``. ``attrs`` is the dict python-ldap returned, kept as it is: most reads ask
+    for a name spelt as requested, and copying it into a case-insensitive dict costs more than the
+    rare fallback scan.
+    """
 
     __slots__ = ("dn", "attrs")
 
     def __init__(self, dn: str, attrs: dict[str, list[bytes]]):
         self.dn = dn
-        self.attrs = attrs if isinstance(attrs, ldap.cidict.cidict) else ldap.cidict.cidict(attrs)
+        self.attrs = attrs
+
+    def get(self, attr: str) -> list[bytes] | None:
+        """The raw values of ``attr`` (any spelling of its name), or ``None``."""
+        values = self.attrs.get(attr)
+        if values is None:
+            wanted = attr.lower()
+            for name, found in self.attrs.items():
+                if name.lower() == wanted:
+                    return found
+        return values
 
     def values(self, attr: str) -> list[str]:
         """The values of ``attr`` as text (empty list when absent)."""
-        return [value.decode("utf-8", "surrogateescape") for value in self.attrs.get(attr, ())]
+        return [value.decode("utf-8", "surrogateescape") for value in self.get(attr) or ()]
 
     def first(self, attr: str, default: str | None = None) -> str | None:
-        values = self.attrs.get(attr)
+        values = self.get(attr)
         return values[0].decode("utf-8", "surrogateescape") if values else default
 
     def raw(self, attr: str) -> list[bytes]:
-        return list(self.attrs.get(attr, ()))
+        return list(self.get(attr) or ())
 
     def __contains__(self, attr: str) -> bool:
-        return attr in self.attrs
+        return self.get(attr) is not None
 
     def __repr__(self) -> str:
         return f"Entry({self.dn!r}, {sorted(self.attrs.keys())})"

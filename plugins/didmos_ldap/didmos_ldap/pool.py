@@ -8,18 +8,17 @@ one operation. The pool:
 * drops a pooled connection whose socket became readable while idle: on an idle LDAP connection that
   only happens when the server closed it (restart, idle timeout) or sent a notice of disconnection,
   so the next request gets a fresh connection instead of an error;
-* caps the number of open connections; a caller waits for a free one at most ``connect_timeout``.
+* caps the number of open connections; a caller waits for a free one at most ``connect_timeout``;
+* takes no lock when a free connection is there (the common case).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import select
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
 from dataclasses import dataclass, field
 
 import ldap
@@ -47,6 +46,8 @@ class PoolSettings:
     options: dict = field(default_factory=dict)
 
 
+_FRESH_SECONDS = 1.0
+
 _REQUIRE_CERT = {
     "never": ldap.OPT_X_TLS_NEVER,
     "allow": ldap.OPT_X_TLS_ALLOW,
@@ -65,10 +66,13 @@ class ConnectionPool:
             raise ConfigError(f"ldap.tls_require_cert must be one of {', '.join(_REQUIRE_CERT)}, "
                               f"got {settings.tls_require_cert!r}")
         self.settings = settings
-        self._idle: queue.LifoQueue[ldap.ldapobject.LDAPObject] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(settings.size)
+        # Idle connections. deque.pop/append are atomic in CPython, so the hot path (a free
+        # connection is there) takes no lock; the lock only guards opening and waiting.
+        self._idle: deque[ldap.ldapobject.LDAPObject] = deque()
+        self._open_count = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
         self._preferred = 0  # index of the URI that answered last
-        self._lock = threading.Lock()
         self._closed = False
 
     def _open(self) -> ldap.ldapobject.LDAPObject:
@@ -116,58 +120,109 @@ class ConnectionPool:
     def _stale(conn: ldap.ldapobject.LDAPObject) -> bool:
         """True when the server closed an idle connection (its socket is readable: EOF or a notice)."""
         try:
-            fd = conn.fileno()
-            readable, _, _ = select.select([fd], [], [], 0)
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
         except (ValueError, OSError, ldap.LDAPError):
             return True
         return bool(readable)
 
-    @contextmanager
-    def connection(self) -> Iterator[ldap.ldapobject.LDAPObject]:
-        """Check out a bound connection for one operation.
-
-        A connection on which a connection error happens is closed, not returned to the pool, and
-        the other idle ones are checked before their next use.
-        """
-        if not self._slots.acquire(timeout=self.settings.connect_timeout):
-            raise Unavailable(f"all {self.settings.size} directory connections are busy; try again")
-        conn = None
-        try:
-            while conn is None:
-                try:
-                    candidate = self._idle.get_nowait()
-                except queue.Empty:
-                    conn = self._open()
-                    break
-                if self._stale(candidate):
-                    _close(candidate)
-                else:
-                    conn = candidate
+    def acquire(self) -> ldap.ldapobject.LDAPObject:
+        """A bound connection for this thread's next operation; give it back with :meth:`release`."""
+        while True:
             try:
-                yield conn
-            except CONNECTION_ERRORS:
-                _close(conn)
-                conn = None
-                raise
-        finally:
-            if conn is not None:
-                if self._closed:
-                    _close(conn)
-                else:
-                    self._idle.put(conn)
-            self._slots.release()
+                conn = self._idle.pop()
+            except IndexError:
+                return self._acquire_slow()
+            # A connection used within the last second cannot have outlived a slapd restart (which
+            # takes longer); skip the select() for it.
+            if time.monotonic() - conn.didmos_released < _FRESH_SECONDS or not self._stale(conn):
+                return conn
+            self._discard(conn)
+
+    def _acquire_slow(self) -> ldap.ldapobject.LDAPObject:
+        deadline = time.monotonic() + self.settings.connect_timeout
+        with self._cond:
+            while True:
+                if self._idle:
+                    conn = self._idle.pop()
+                    if not self._stale(conn):
+                        return conn
+                    self._discard_locked(conn)
+                    continue
+                if self._open_count < self.settings.size:
+                    self._open_count += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Unavailable(f"all {self.settings.size} directory connections are busy; try again")
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+        try:
+            return self._open()
+        except BaseException:
+            with self._cond:
+                self._open_count -= 1
+                self._cond.notify()
+            raise
+
+    def release(self, conn: ldap.ldapobject.LDAPObject, *, broken: bool = False) -> None:
+        """Give a connection back; ``broken`` ones (a connection error happened on them) are closed."""
+        if broken or self._closed:
+            self._discard(conn)
+            return
+        conn.didmos_released = time.monotonic()
+        self._idle.append(conn)
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+
+    def _discard(self, conn) -> None:
+        with self._cond:
+            self._discard_locked(conn)
+
+    def _discard_locked(self, conn) -> None:
+        _close(conn)
+        self._open_count -= 1
+        self._cond.notify()
+
+    def connection(self) -> _Checkout:
+        """``with pool.connection() as conn:`` one operation on a checked-out connection.
+
+        A connection on which a connection error happens is closed, not returned to the pool.
+        """
+        return _Checkout(self)
 
     def drop_idle(self) -> None:
         """Close every idle connection (after the server went away, or at shutdown)."""
         while True:
             try:
-                _close(self._idle.get_nowait())
-            except queue.Empty:
+                conn = self._idle.pop()
+            except IndexError:
                 return
+            self._discard(conn)
 
     def close(self) -> None:
         self._closed = True
         self.drop_idle()
+
+
+class _Checkout:
+    """The context manager of :meth:`ConnectionPool.connection` (a class: cheaper than a generator)."""
+
+    __slots__ = ("pool", "conn")
+
+    def __init__(self, pool: ConnectionPool):
+        self.pool = pool
+        self.conn = None
+
+    def __enter__(self) -> ldap.ldapobject.LDAPObject:
+        self.conn = self.pool.acquire()
+        return self.conn
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.pool.release(self.conn, broken=kind is not None and issubclass(kind, CONNECTION_ERRORS))
 
 
 def _close(conn: ldap.ldapobject.LDAPObject) -> None:
