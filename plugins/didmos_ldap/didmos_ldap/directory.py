@@ -29,6 +29,7 @@ from ldap.controls.ppolicy import PasswordPolicyControl
 from ldap.controls.readentry import PostReadControl
 from ldap.controls.simple import ValueLessRequestControl
 from ldap.controls.sss import SSSRequestControl
+from ldap.controls.vlv import VLVRequestControl, VLVResponseControl
 
 from didmos_host.errors import (
     AlreadyExists,
@@ -286,6 +287,44 @@ class Directory:
         if key is not None:
             memo[key] = entries
         return entries
+
+    def window(self, base: str, filter: Any, sort: Sequence[str], *, offset: int, count: int,
+               scope: int = SUBTREE, attrs: Sequence[str] | None = None,
+               actor: Actor | None = None) -> tuple[list[Entry], int]:
+        """One page of a sorted result: ``count`` entries from position ``offset`` (1-based), and the total.
+
+        Served by the server with Server Side Sorting and Virtual List View (RFC 2891,
+        draft-ietf-ldapext-ldapv3-vlv; overlay ``sssvlv``), so a page costs one search however large the
+        result. ``sort`` needs at least one key; attributes without an ORDERING rule need one named
+        (``uid:caseIgnoreOrderingMatch``).
+        """
+        if not sort:
+            raise ValueError("a window needs at least one sort key")
+        if offset < 1 or count < 0:
+            raise ValueError("offset starts at 1 and count cannot be negative")
+        operation = LdapOperation(kind="search", dn=base, scope=scope, filter=str(filter),
+                                  attributes=list(attrs) if attrs is not None else None)
+        operation.controls.append(SSSRequestControl(criticality=True, ordering_rules=list(sort)))
+        # The server answers before_count + 1 + after_count entries around the target; a count of 0
+        # still returns the target entry, which the caller did not ask for.
+        operation.controls.append(VLVRequestControl(criticality=True, before_count=0,
+                                                    after_count=max(count - 1, 0), offset=offset,
+                                                    content_count=0))
+
+        def execute(conn, op):
+            msgid = conn.search_ext(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls)
+            _, data, _, controls = conn.result3(msgid)
+            total = next((c.content_count for c in controls if isinstance(c, VLVResponseControl)), None)
+            entries = [Entry(dn, entry_attrs) for dn, entry_attrs in data if dn is not None]
+            if total is None:
+                raise DidmosError("the directory did not answer the Virtual List View control; "
+                                  "is the sssvlv overlay configured?")
+            return entries[:count], total
+
+        try:
+            return self._run(operation, actor, execute, pool=self.read_pool, retry_sent=True)
+        except NotFound:
+            return [], 0
 
     def iter_search(self, base: str, filter: Any = "(objectClass=*)", scope: int = SUBTREE,
                     attrs: Sequence[str] | None = None, *, actor: Actor | None = None,

@@ -142,8 +142,11 @@ class ConnectionPool:
         deadline = time.monotonic() + self.settings.connect_timeout
         with self._cond:
             while True:
-                if self._idle:
-                    conn = self._idle.pop()
+                try:
+                    conn = self._idle.pop()  # the lock-free fast path may have taken it meanwhile
+                except IndexError:
+                    conn = None
+                if conn is not None:
                     if not self._stale(conn):
                         return conn
                     self._discard_locked(conn)

@@ -228,3 +228,53 @@ def test_an_empty_service_password_is_a_configuration_error_not_an_anonymous_bin
     directory = make_directory(directory={"bind_password": ""})  # built lazily: no error yet
     with pytest.raises(ConfigError, match="directory.bind_password is empty"):
         directory.search("dc=de", "(objectClass=*)", BASE)
+
+
+def test_window_pages_a_sorted_result_with_vlv(directory, branch):
+    names = [f"w{i:02d}" for i in range(25)]
+    for name in reversed(names):
+        directory.add(f"uid={name}{branch[5:17]},{branch}", person(f"{name}{branch[5:17]}", displayName=[name]))
+    sort = ["displayName:caseIgnoreOrderingMatch"]
+    page, total = directory.window(branch, "(uid=w*)", sort, offset=1, count=10, scope=ONELEVEL, attrs=["displayName"])
+    assert total == 25 and [e.first("displayName") for e in page] == names[:10]
+    page, total = directory.window(branch, "(uid=w*)", sort, offset=21, count=10, scope=ONELEVEL, attrs=["displayName"])
+    assert total == 25 and [e.first("displayName") for e in page] == names[20:]
+    page, _ = directory.window(branch, "(uid=w*)", ["-" + sort[0]], offset=1, count=3, scope=ONELEVEL,
+                               attrs=["displayName"])
+    assert [e.first("displayName") for e in page] == ["w24", "w23", "w22"]
+    assert directory.window(branch, "(uid=nobody*)", sort, offset=1, count=5, scope=ONELEVEL) == ([], 0)
+
+
+def test_failover_to_the_next_uri(make_directory, didmos_slapd, didmos_overrides):
+    from didmos_host.servers import free_port
+
+    directory = make_directory(directory={**didmos_overrides["directory"],
+                                          "uri": f"ldap://127.0.0.1:{free_port()} {didmos_slapd.uri}"})
+    assert directory.get("dc=de") is not None
+    assert directory.pool._preferred == 1  # later operations start with the URI that answered
+
+
+def test_many_threads_share_the_pool_safely(make_directory, branch):
+    import threading
+
+    directory = make_directory(ldap={"pool_size": 3})
+    errors, done = [], []
+
+    def work(n):
+        try:
+            for i in range(15):
+                dn = f"cn=t{n}-{i},{branch}"
+                directory.add(dn, {"objectClass": ["applicationProcess"], "cn": [f"t{n}-{i}"]})
+                assert directory.get(dn, ["cn"]).first("cn") == f"t{n}-{i}"
+            done.append(n)
+        except Exception as exc:  # collected, asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and sorted(done) == list(range(8))
+    assert len(directory.search(branch, "(cn=t*)", ONELEVEL, ["1.1"])) == 8 * 15
+    assert directory.pool._open_count <= 3
