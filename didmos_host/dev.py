@@ -165,6 +165,10 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
         click.echo(f"  API         {base}/   OpenAPI document: {base}/openapi.json")
         for prefix in _api_prefixes(base):
             click.echo(f"              {base}{prefix}")
+        if "basic_auth" in host.services:
+            superadmin = host.settings.get("ldap.superadmin.uuid", "<didmosUUID>")
+            click.echo("  auth        HTTP Basic: a user's didmosUUID and password, for example")
+            click.echo(f"              curl -u {superadmin}:PASSWORD {base}/auth/whoami")
         click.echo(f"  settings    DIDMOS_SETTINGS_FILES={settings_path} didmos config show")
         click.echo("  Ctrl-C stops everything; the next run on the same --data-dir keeps the data.")
         while not stopping:

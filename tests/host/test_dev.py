@@ -1,5 +1,6 @@
 """`didmos dev` as a user runs it: real processes, restart with the same data, clean stop on SIGINT."""
 
+import base64
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ def alive(pid: int) -> bool:
 
 class Dev:
     def __init__(self, data_dir: Path, port: int, password: str | None):
-        self.data_dir, self.port = data_dir, port
+        self.data_dir, self.port, self.password = data_dir, port, password
         self.log = open(data_dir.parent / f"dev-{port}.log", "w+")
         command = [sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(data_dir), "--port", str(port)]
         if password is not None:
@@ -95,6 +96,12 @@ def test_dev_runs_restarts_with_its_data_and_stops_cleanly(tmp_path):
             assert f"API         http://127.0.0.1:{dev.port}/" in out
             assert "superadmin created: userName superadmin" in out
             assert "superadmin password:" not in out  # given on the command line, so not printed
+            assert f"curl -u 00000000-0000-0000-0000-000000000002:PASSWORD http://127.0.0.1:{dev.port}/auth/whoami" in out
+            credentials = base64.b64encode(b"00000000-0000-0000-0000-000000000002:" + dev.password.encode()).decode()
+            request = urllib.request.Request(f"http://127.0.0.1:{dev.port}/auth/whoami",
+                                             headers={"Authorization": f"Basic {credentials}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert json.loads(response.read())["id"] == "00000000-0000-0000-0000-000000000002"
         state = first.state()
         conn = ldap.initialize(f"ldap://127.0.0.1:{state['ldap_port']}")
         conn.simple_bind_s(SUPERADMIN_DN, "pw-a")

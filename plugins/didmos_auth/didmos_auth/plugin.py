@@ -42,6 +42,13 @@ def didmos_settings():
 
 
 @hookimpl(trylast=True)
+def didmos_blueprints(app):
+    from didmos_auth.resources import blueprint
+
+    return [blueprint]
+
+
+@hookimpl(trylast=True)
 def didmos_services(host):
     from didmos_auth.basic import BasicAuthenticator
 

@@ -147,3 +147,14 @@ def test_parse_basic():
     assert parse_basic("Basic " + base64.b64encode("ü:pw:with:colons".encode()).decode()) == ("ü", "pw:with:colons")
     with pytest.raises(AuthenticationFailed):
         parse_basic("Basic " + base64.b64encode(b":nouser").decode())
+
+
+def test_whoami_endpoint_tells_whose_credentials_they_are(make_app):
+    client = make_app().test_client()
+    response = client.get("/auth/whoami", headers=basic(SUPERADMIN_UUID, SUPERADMIN_PASSWORD))
+    assert response.status_code == 200
+    assert response.json == {"dn": f"didmosUUID={SUPERADMIN_UUID},{PEOPLE}", "id": SUPERADMIN_UUID,
+                             "tenant": "default-tenant", "method": "basic"}
+    anonymous = client.get("/auth/whoami")
+    assert anonymous.status_code == 401 and anonymous.json["detail"] == "authentication required"
+    assert "/auth/whoami" in client.get("/openapi.json").json["paths"]
