@@ -174,6 +174,12 @@ class SlapdServer(_ChildProcess):
 
     Listens on ``ldap://127.0.0.1:port`` and on a unix socket in ``data_dir``. Over that socket, SASL
     EXTERNAL as the user running this process has manage rights on cn=config and on the suffix.
+
+    TLS (optional): with ``tls_cert`` and ``tls_key`` (PEM files; slapd runs as our user, so it reads
+    them with our rights) slapd offers StartTLS on ``ldap://``, and with ``ldaps_port`` it also listens
+    on ``ldaps://127.0.0.1:ldaps_port``. The certificate and key are written into cn=config, so like all
+    settings they take effect only when :meth:`ensure_config` builds ``slapd.d``; an existing config keeps
+    what it was built with. The files are read at every start, so they may be replaced in place.
     """
 
     data_dir: Path
@@ -184,15 +190,33 @@ class SlapdServer(_ChildProcess):
     service_dn: str = "cn=didmos-service,ou=system,dc=didmos,dc=de"
     password_hash: str = "{ARGON2}"
     nosync: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ldaps_port: int | None = None
     _what = "slapd"
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ServerError("slapd TLS needs both tls_cert and tls_key (PEM files), or neither")
+        if self.ldaps_port is not None and self.tls_cert is None:
+            raise ServerError("an ldaps_port needs a certificate: set tls_cert and tls_key too")
+        # Absolute: slapd resolves relative paths in cn=config against its own working directory.
+        if self.tls_cert is not None:
+            self.tls_cert = Path(self.tls_cert).absolute()
+            self.tls_key = Path(self.tls_key).absolute()
 
     @property
     def uri(self) -> str:
         """LDAP URI of the TCP listener."""
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_uri(self) -> str:
+        """LDAP URI of the TLS listener; ServerError when the server has no ``ldaps_port``."""
+        if self.ldaps_port is None:
+            raise ServerError("this slapd has no ldaps listener: create it with ldaps_port (and tls_cert, tls_key)")
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
 
     @property
     def socket_path(self) -> Path:
@@ -265,10 +289,14 @@ class SlapdServer(_ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ensure_config()
         _check_port_free(self.port, "slapd")
+        listeners = [f"{self.uri}/", self.ldapi_uri]
+        if self.ldaps_port is not None:
+            _check_port_free(self.ldaps_port, "slapd")
+            listeners.append(f"{self.ldaps_uri}/")
         # Any -d value keeps slapd in the foreground, so the Popen handle is slapd itself. "none" rather
         # than 0: level 0 also silences the startup errors that the log tail should show.
         argv = [find_program("slapd", "slapd"), "-d", _log_level(),
-                "-h", f"{self.uri}/ {self.ldapi_uri}", "-F", str(self.data_dir / "slapd.d")]
+                "-h", " ".join(listeners), "-F", str(self.data_dir / "slapd.d")]
         self._spawn(argv, self.log_path, self._answers, timeout)
 
     def _answers(self) -> bool:
@@ -295,6 +323,14 @@ class SlapdServer(_ChildProcess):
         conn.simple_bind_s(self.rootdn, self.rootpw)
         return conn
 
+    def _tls_config(self) -> dict[str, list[str]]:
+        """cn=config attributes for the server certificate (empty without TLS)."""
+        if self.tls_cert is None:
+            return {}
+        # No olcTLSCACertificateFile: it is only needed to check client certificates, and
+        # olcTLSVerifyClient stays at its default, never.
+        return {"olcTLSCertificateFile": [str(self.tls_cert)], "olcTLSCertificateKeyFile": [str(self.tls_key)]}
+
     def _config_ldif(self) -> str:
         d, me, svc = self.data_dir, self.peercred_dn, self.service_dn
         modules = MODULES + (("argon2",) if self.password_hash.upper() == "{ARGON2}" else ())
@@ -302,7 +338,8 @@ class SlapdServer(_ChildProcess):
         entries: list[tuple[str, dict[str, list[str]]]] = [
             ("cn=config", {"objectClass": ["olcGlobal"], "cn": ["config"],
                            "olcPidFile": [str(d / "slapd.pid")], "olcArgsFile": [str(d / "slapd.args")],
-                           "olcLogLevel": [_log_level()]}),
+                           "olcLogLevel": [_log_level()],
+                           **self._tls_config()}),
             ("cn=module{0},cn=config", {"objectClass": ["olcModuleList"], "cn": ["module{0}"],
                                         "olcModulePath": [str(MODULE_PATH)], "olcModuleLoad": list(modules)}),
             ("cn=schema,cn=config", {"objectClass": ["olcSchemaConfig"], "cn": ["schema"]}),

@@ -90,13 +90,13 @@ class ConnectionPool:
             conn.set_option(ldap.OPT_REFERRALS, 0)
             conn.set_option(ldap.OPT_NETWORK_TIMEOUT, s.connect_timeout)
             conn.set_option(ldap.OPT_TIMEOUT, s.timeout)
+            for option, value in s.options.items():  # before NEWCTX, which freezes TLS options
+                conn.set_option(option, value)
             if uri.startswith("ldaps:") or s.starttls:
                 conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, _REQUIRE_CERT[s.tls_require_cert])
                 if s.tls_ca_file:
                     conn.set_option(ldap.OPT_X_TLS_CACERTFILE, s.tls_ca_file)
                 conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # apply the TLS options to this connection
-            for option, value in s.options.items():
-                conn.set_option(option, value)
             try:
                 if s.starttls and not uri.startswith(("ldaps:", "ldapi:")):
                     conn.start_tls_s()
@@ -104,6 +104,10 @@ class ConnectionPool:
                     conn.simple_bind_s(s.bind_dn, s.bind_password or "")
                 elif uri.startswith("ldapi:"):
                     conn.sasl_external_bind_s()
+                else:
+                    # libldap connects lazily: without this, a pool for user binds would meet an
+                    # unreachable server (or a bad certificate) only at the user's bind, past failover.
+                    conn.whoami_s()
             except CONNECTION_ERRORS as exc:
                 errors.append(f"{uri}: {_reason(exc)}")
                 continue

@@ -278,3 +278,15 @@ def test_many_threads_share_the_pool_safely(make_directory, branch):
     assert errors == [] and sorted(done) == list(range(8))
     assert len(directory.search(branch, "(cn=t*)", ONELEVEL, ["1.1"])) == 8 * 15
     assert directory.pool._open_count <= 3
+
+
+def test_user_binds_fail_over_too(make_directory, didmos_slapd, didmos_overrides):
+    from didmos_host.servers import free_port
+
+    from didmos_host.testing import SUPERADMIN_PASSWORD
+
+    directory = make_directory(directory={**didmos_overrides["directory"],
+                                          "uri": f"ldap://127.0.0.1:{free_port()} {didmos_slapd.uri}"})
+    admin = "didmosUUID=00000000-0000-0000-0000-000000000002,ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de"
+    assert directory.bind(admin, SUPERADMIN_PASSWORD).dn == admin
+    assert directory.auth_pool._preferred == 1
