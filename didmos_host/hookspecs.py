@@ -157,10 +157,11 @@ def didmos_auth_challenges() -> list[str]:
 
 
 @hookspec
-def didmos_authorize(actor: Actor | None, action: Action) -> bool | None:
+def didmos_authorize(host: Host, actor: Actor | None, action: Action) -> bool | None:
     """Vote on whether ``actor`` may perform ``action``.
 
-    Called for every action a request needs, by :meth:`didmos_host.host.Host.authorize`. Every
+    Called for every action a request needs, by :meth:`didmos_host.host.Host.authorize`; ``host``
+    gives access to settings and services (an implementation may leave the argument out). Every
     implementation votes: ``True`` allows, ``False`` denies, ``None`` abstains. Deny wins over allow;
     when nobody votes, the answer is deny.
     """

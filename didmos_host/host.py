@@ -47,7 +47,8 @@ class Host:
 
     def authorize(self, actor: Actor | None, action: Action) -> bool:
         """Ask every plugin's vote: deny wins, and no vote at all means deny."""
-        votes = [vote for vote in self.hook.didmos_authorize(actor=actor, action=action) if vote is not None]
+        votes = [vote for vote in self.hook.didmos_authorize(host=self, actor=actor, action=action)
+                 if vote is not None]
         return bool(votes) and all(votes)
 
     def provide(self, name: str, service: Any) -> None:

@@ -13,10 +13,17 @@ from didmos_host.testing import SUPERADMIN_PASSWORD
 SUPERADMIN_DN = "didmosUUID=00000000-0000-0000-0000-000000000002,ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de"
 
 
+def installed_migrations():
+    """Every installed plugin's migrations in the order init applies them: (order, name)."""
+    found = [m for results in Host.create().hook.didmos_directory_migrations() for m in results]
+    return [m.name for m in sorted(found, key=lambda m: (m.order, m.name))]
+
+
 def test_first_init_applied_schema_and_created_the_seed_tree(didmos_slapd):
     report = didmos_slapd.init_report
-    assert report.migrations_applied == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes",
-        "didmos_ldap.0003-default-password-policy"]
+    assert report.migrations_applied == installed_migrations()
+    assert report.migrations_applied[:3] == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes",
+                                             "didmos_ldap.0003-default-password-policy"]
     conn = didmos_slapd.admin_connection()
     for dn in ("dc=de", "dc=didmos,dc=de", "ou=default-tenant,dc=didmos,dc=de", "ou=data,ou=default-tenant,dc=didmos,dc=de",
                "ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de", "ou=groups,ou=data,ou=default-tenant,dc=didmos,dc=de",
@@ -54,9 +61,7 @@ def test_second_init_changes_nothing(didmos_slapd, didmos_overrides):
     report = init_directory(Host.create(didmos_overrides))
     assert report.migrations_applied == [] and report.entries_created == []
     records = didmos_slapd.admin_connection().search_s(f"{MIGRATIONS_RDN},dc=de", ldap.SCOPE_ONELEVEL, "(cn=*)", ["cn"])
-    assert sorted(entry["cn"][0] for _, entry in records) == [b"didmos_ldap.0001-didmos-schema",
-                                                               b"didmos_ldap.0002-didmos-indexes",
-                                                               b"didmos_ldap.0003-default-password-policy"]
+    assert sorted(entry["cn"][0].decode() for _, entry in records) == sorted(installed_migrations())
 
 
 def test_a_new_migration_and_entry_are_applied_once(didmos_slapd, didmos_overrides, tmp_path):

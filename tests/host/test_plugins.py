@@ -82,12 +82,12 @@ def test_authorize_deny_wins_and_no_vote_denies():
     action = Action(operation="read", resource_type="User", target="dc=x")
     actor = Actor(dn="uid=a,dc=x", uuid="a")
 
-    def host_with(*votes):
-        return Host.create(extra_plugins=[
+    def host_with(*votes):  # only the host and these voters: the installed PDP would vote too
+        return Host.create(load_entry_points=False, extra_plugins=[
             plugin(f"voter{i}", didmos_authorize=hookimpl(lambda actor, action, v=v: v)) for i, v in enumerate(votes)
         ])
 
-    assert Host.create().authorize(actor, action) is False  # nobody votes
+    assert host_with().authorize(actor, action) is False  # nobody votes
     assert host_with(None).authorize(actor, action) is False
     assert host_with(True).authorize(actor, action) is True
     assert host_with(True, False).authorize(actor, action) is False

@@ -30,6 +30,8 @@ from didmos_host.errors import ConstraintViolation, DidmosError
 #: The operations of the seeds, plus ``create``.
 OPERATIONS = ("read", "write", "create", "delete", "modify-add", "modify-del", "modify-replace")
 SCOPE_KINDS = ("tenant", "subtree", "self", "organization", "role")
+#: A permission on this resource type applies to every resource type, those registered later included.
+ANY_TYPE = "*"
 
 
 class SeparationOfDutyViolation(DidmosError):
@@ -249,8 +251,9 @@ class Policy:
         """
         attributes: set[str] = set()
         allowed = False
+        index = self._index
         for role in active_roles:
-            for grant in self._index.get((role, resource_type, operation), ()):
+            for grant in (*index.get((role, resource_type, operation), ()), *index.get((role, ANY_TYPE, operation), ())):
                 if grant.covers(target, actor):
                     if not grant.permission.attributes:
                         return Decision(True, None)

@@ -120,6 +120,15 @@ def test_inconsistent_policies_are_refused():
     assert str(Scope.parse("subtree:ou=x,dc=de")) == "subtree:ou=x,dc=de"
 
 
+def test_a_permission_on_any_type_covers_types_registered_later():
+    from didmos_pdp.policy import ANY_TYPE
+
+    p = Policy({"admin": Role("admin", permissions=frozenset({"everything"}))},
+               {"everything": Permission("everything", frozenset(OPERATIONS), ANY_TYPE)})
+    assert p.check_access(["admin"], "delete", "Organization", BOB, ActorContext(BOB))
+    assert p.check_access(["admin"], "create", "SomePluginType", PEOPLE, ActorContext(BOB)).attributes is None
+
+
 def test_review_functions():
     p = policy()
     assert p.role_permissions("auditor") == {"read-people", "read-self", "edit-self"}
