@@ -53,9 +53,12 @@ def didmos_settings():
 
 @hookimpl(trylast=True)
 def didmos_services(host):
+    from didmos_pdp.admin import RbacAdmin
     from didmos_pdp.pdp import PolicyDecisionPoint
 
-    host.provide("pdp", PolicyDecisionPoint(host))
+    pdp = PolicyDecisionPoint(host)
+    host.provide("pdp", pdp)
+    host.provide("rbac_admin", RbacAdmin(pdp))
 
 
 @hookimpl(trylast=True)
