@@ -16,6 +16,8 @@ class ErrorSchema(Schema):
     status = fields.Integer(metadata={"description": "HTTP status"})
     detail = fields.String(metadata={"description": "What was wrong, and what would be right"})
     errors = fields.Dict(metadata={"description": "Per-field validation errors, when there are any"})
+    context = fields.Dict(metadata={"description": "Facts about the error for programs, e.g. the violated "
+                                                   "separation-of-duty set or the password-policy state"})
 
 
 class Api(flask_smorest.Api):

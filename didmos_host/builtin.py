@@ -99,7 +99,7 @@ def didmos_blueprints(app):
 
 @hookimpl(trylast=True)
 def didmos_handle_exception(error, request):
-    errors = None
+    errors = context = None
     if isinstance(error, HTTPException):
         status, message = error.code or 500, error.description
         data = getattr(error, "data", None) or {}  # webargs/flask-smorest validation details
@@ -107,12 +107,15 @@ def didmos_handle_exception(error, request):
         errors = data.get("errors") or data.get("messages")
     elif isinstance(error, DidmosError):
         status, message = error.status, error.message
+        context = error.detail or None
     else:
         log.exception("unhandled error on %s %s", request.method, request.path)
         status, message = 500, "internal error; the server log has the details"
     body = {"status": status, "detail": message}
     if errors:
         body["errors"] = errors
+    if context:
+        body["context"] = context
     response = flask.make_response(flask.jsonify(body), status)
     add_error_headers(response, error)
     return response

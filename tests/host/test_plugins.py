@@ -211,6 +211,13 @@ def test_blueprints_startup_and_exception_hooks(make_app):
         def get(self):
             raise Forbidden("you may not boom")
 
+    @blueprint.route("/conflict")
+    class Conflict(MethodView):
+        def get(self):
+            from didmos_host.errors import AlreadyExists
+
+            raise AlreadyExists("taken", detail={"attribute": "uid"})
+
     @blueprint.route("/crash")
     class Crash(MethodView):
         def get(self):
@@ -223,6 +230,7 @@ def test_blueprints_startup_and_exception_hooks(make_app):
     client = app.test_client()
     response = client.get("/extra/boom")
     assert response.status_code == 403 and response.json == {"status": 403, "detail": "you may not boom"}
+    assert client.get("/extra/conflict").json == {"status": 409, "detail": "taken", "context": {"attribute": "uid"}}
     crash = client.get("/extra/crash")
     assert crash.status_code == 500 and "secret internals" not in crash.get_data(as_text=True)
     assert "/extra/boom" in client.get("/openapi.json").json["paths"]
@@ -312,4 +320,4 @@ def test_http_errors_and_validation_errors_use_the_didmos_body(make_app):
     assert invalid.status_code == 422 and invalid.json["errors"]["query"]["count"]
     assert client.get("/strict/?count=3").json == {"count": 3}
     error_schema = client.get("/openapi.json").json["components"]["schemas"]["Error"]["properties"]
-    assert set(error_schema) == {"status", "detail", "errors"}
+    assert set(error_schema) == {"status", "detail", "errors", "context"}
