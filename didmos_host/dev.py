@@ -24,7 +24,7 @@ import click
 from didmos_host.directory import init_directory
 from didmos_host.errors import DidmosError
 from didmos_host.host import Host
-from didmos_host.servers import RedisServer, ServerError, SlapdServer, free_port
+from didmos_host.servers import RedisServer, ServerError, SlapdServer, free_port, stop_process
 
 STATE_FILE = "dev-state.json"
 SETTINGS_FILE = "settings.toml"
@@ -96,17 +96,6 @@ def _api_prefixes(base: str) -> list[str]:
     with urllib.request.urlopen(base + "/openapi.json", timeout=5) as response:
         paths = json.loads(response.read())["paths"]
     return sorted({"/" + path.strip("/").split("/")[0] for path in paths})
-
-
-def _stop(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
@@ -184,7 +173,7 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         for child in reversed(children):
-            _stop(child)
+            stop_process(child)
         redis_server.stop()
         slapd.stop()
         click.echo("didmos dev: stopped")

@@ -45,6 +45,18 @@ class ServerError(DidmosError, RuntimeError):
     """A private server could not be set up, started or reached; the message says what to do."""
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a child, SIGKILL it if it has not exited after ``timeout`` seconds; reap it."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -148,16 +160,9 @@ class _ChildProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the server to shut down (SIGTERM), SIGKILL it after ``timeout`` seconds. Idempotent."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(self._proc, timeout)
         self._forget()
 
     def __enter__(self):

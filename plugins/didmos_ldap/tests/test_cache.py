@@ -34,20 +34,6 @@ def no_stream_threads_left():
 
 
 @pytest.fixture
-def make_directory(didmos_overrides):
-    made = []
-
-    def make(*plugins, **overrides):
-        host = Host.create({**didmos_overrides, **overrides}, extra_plugins=plugins)
-        made.append(host.service("directory"))
-        return made[-1]
-
-    yield make
-    for directory in made:
-        directory.close()
-
-
-@pytest.fixture
 def directory(make_directory):
     directory = make_directory(ldap=CACHE)
     assert directory.cache.wait_until_serving(5)

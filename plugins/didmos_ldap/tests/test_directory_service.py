@@ -13,20 +13,6 @@ from didmos_ldap.directory import BASE, ONELEVEL, VERSION_ATTRIBUTES, common_suf
 
 
 @pytest.fixture
-def make_directory(didmos_overrides):
-    made = []
-
-    def make(*plugins, **overrides):
-        host = Host.create({**didmos_overrides, **overrides}, extra_plugins=plugins)
-        made.append(host.service("directory"))
-        return made[-1]
-
-    yield make
-    for directory in made:
-        directory.close()
-
-
-@pytest.fixture
 def directory(make_directory):
     return make_directory()
 

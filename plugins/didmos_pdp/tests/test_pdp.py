@@ -16,13 +16,6 @@ SUPERADMIN = Actor(dn=f"didmosUUID=00000000-0000-0000-0000-000000000002,{PEOPLE}
                    uuid="00000000-0000-0000-0000-000000000002")
 
 
-@pytest.fixture
-def host(didmos_overrides):
-    host = Host.create({**didmos_overrides, "pdp": {"refresh_seconds": 0.3}})
-    yield host
-    host.service("directory").close()
-
-
 def make_user(host, *roles):
     user_uuid = str(uuid.uuid4())
     dn = f"didmosUUID={user_uuid},{PEOPLE}"
