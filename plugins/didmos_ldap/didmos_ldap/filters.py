@@ -283,6 +283,40 @@ def any_of(*parts: Filter) -> Or:
     return Or(_flatten(Or, parts))
 
 
+@dataclass(frozen=True, eq=False)
+class InSubtree(Filter):
+    """``(entryDN:dnSubtreeMatch:=dn)``: the entry is ``dn`` or below it (OpenLDAP's extensible match on
+    ``entryDN``). Lets a search span the whole tenant yet return only entries of some subtrees, as the
+    policy decision point needs for lists. :func:`parse` does not read it back (it refuses extensible
+    matches in general); build it with :func:`in_subtree`.
+    """
+
+    dn: str
+
+    def __post_init__(self):
+        import ldap.dn
+
+        if not isinstance(self.dn, str) or not ldap.dn.is_dn(self.dn) or not self.dn:
+            raise ValueError(f"{self.dn!r} is not a valid DN")
+
+    def _key(self) -> tuple:
+        return (_normal_dn(self.dn),)
+
+    def render(self) -> str:
+        return f"(entryDN:dnSubtreeMatch:={_escape(self.dn)})"
+
+
+def _normal_dn(dn: str) -> str:
+    import ldap.dn
+
+    return ldap.dn.dn2str([[(a.lower(), v.lower(), f) for a, v, f in rdn] for rdn in ldap.dn.str2dn(dn)])
+
+
+def in_subtree(dn: str) -> InSubtree:
+    """Entries at or below ``dn``."""
+    return InSubtree(dn)
+
+
 def not_(part: Filter) -> Not:
     """``(!part)``."""
     return Not(part)
@@ -402,7 +436,7 @@ def from_structure(obj: Any, where: str = "filter") -> Filter:
     """Build a filter from JSON-like data, as written in configuration files.
 
     Each node is a one-key mapping: ``{"and": [node, ...]}``, ``{"or": [node, ...]}``,
-    ``{"not": node}``, ``{"present": attr}`` or ``{op: [attr, value]}`` with ``op`` one of
+    ``{"not": node}``, ``{"present": attr}``, ``{"in_subtree": dn}`` or ``{op: [attr, value]}`` with ``op`` one of
     eq, contains, starts_with, ends_with, ge, le, approx. Raises :class:`ValueError` naming the
     offending node (e.g. ``filter.and[1].or[0]``).
     """
@@ -420,6 +454,8 @@ def from_structure(obj: Any, where: str = "filter") -> Filter:
             return Not(from_structure(arg, here))
         if key == "present":
             return present(arg)
+        if key == "in_subtree":
+            return in_subtree(arg)
         if key in _PAIRS:
             if not isinstance(arg, list) or len(arg) != 2:
                 raise _StructureError(f"{here} must be a list [attribute, value], got {arg!r}")
@@ -429,4 +465,4 @@ def from_structure(obj: Any, where: str = "filter") -> Filter:
     except (TypeError, ValueError) as exc:  # from the node constructors: say where in the structure
         raise _StructureError(f"{here}: {exc}") from None
     raise _StructureError(f"{where} has unknown key {key!r}; "
-                          f"expected one of and, or, not, present, {', '.join(_PAIRS)}")
+                          f"expected one of and, or, not, present, in_subtree, {', '.join(_PAIRS)}")

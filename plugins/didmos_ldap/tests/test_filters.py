@@ -269,3 +269,20 @@ def test_the_escaping_is_what_stops_a_wildcard(probe):
 @given(tree=trees)
 def test_slapd_accepts_every_rendered_tree(probe, tree):
     probe.search_s(BASE, ldap.SCOPE_SUBTREE, str(tree), ["1.1"])  # libldap and slapd parse it: no FILTER_ERROR
+
+
+def test_in_subtree_renders_openldaps_extensible_match_and_matches_the_subtree(didmos_slapd):
+    import ldap as _ldap
+
+    from didmos_ldap.filters import in_subtree
+
+    f = in_subtree("ou=people, OU=Data,ou=default-tenant,dc=didmos,dc=de")
+    assert str(f) == "(entryDN:dnSubtreeMatch:=ou=people, OU=Data,ou=default-tenant,dc=didmos,dc=de)"
+    assert f == in_subtree("ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de")
+    assert str(in_subtree("cn=a\\2a\\28,dc=de")) == "(entryDN:dnSubtreeMatch:=cn=a\\5c2a\\5c28,dc=de)"
+    with pytest.raises(ValueError, match="not a valid DN"):
+        in_subtree("not a dn")
+    found = didmos_slapd.admin_connection().search_s("dc=didmos,dc=de", _ldap.SCOPE_SUBTREE,
+                                                     str(f & eq("uid", "superadmin")), ["uid"])
+    assert [attrs["uid"] for _, attrs in found] == [[b"superadmin"]]
+    assert from_structure({"in_subtree": "dc=de"}) == in_subtree("dc=de")

@@ -129,6 +129,32 @@ class PolicyDecisionPoint:
         return policy.check_access(policy.default_active_roles(subject.assigned), action.operation,
                                    action.resource_type or "", action.target, subject.context)
 
+    def read_filter(self, actor: Actor | None, resource_type: str, subject: Subject | None = None):
+        """Which entries of ``resource_type`` the actor may read, as one LDAP filter to AND into a list's
+        search; ``None`` when it may read them all. Nothing readable gives ``(|)``, which matches nothing,
+        so a list is still one search and never returns an entry the actor may not read.
+        """
+        from didmos_ldap.filters import any_of, eq, in_subtree
+
+        if actor is None:
+            return any_of()
+        policy = self.policy()
+        subject = subject or self.subject(actor)
+        parts = []
+        for grant in policy.grants(policy.default_active_roles(subject.assigned), "read", resource_type):
+            scope = grant.permission.scope
+            if scope.kind == "tenant":
+                return None
+            if scope.kind == "subtree":
+                parts.append(in_subtree(scope.dn))
+            elif scope.kind == "self":
+                parts.append(eq("entryDN", subject.context.dn))
+            elif scope.kind == "organization" and subject.context.organization:
+                parts.append(in_subtree(subject.context.organization))
+            elif scope.kind == "role" and grant.role.scope:
+                parts.append(in_subtree(grant.role.scope))
+        return any_of(*dict.fromkeys(parts))  # the same scope through several roles once
+
     def operations(self, actor: Actor, resource_type: str, target: str,
                    subject: Subject | None = None) -> dict[str, frozenset[str] | None]:
         """Every operation ``actor`` may perform on ``target``, with its attributes (``None``: all)."""

@@ -261,6 +261,13 @@ class Policy:
                     attributes |= grant.permission.attributes
         return Decision(True, frozenset(attributes)) if allowed else DENY
 
+    def grants(self, active_roles: Iterable[str], operation: str, resource_type: str) -> tuple[Grant, ...]:
+        """Every grant of ``operation`` on ``resource_type`` through the active roles (for list filters)."""
+        index = self._index
+        return tuple(grant for role in active_roles
+                     for key in ((role, resource_type, operation), (role, ANY_TYPE, operation))
+                     for grant in index.get(key, ()))
+
     def operations_on(self, active_roles: Iterable[str], resource_type: str, target: str | None,
                       actor: ActorContext) -> dict[str, frozenset[str] | None]:
         """Every operation allowed on one object, each with its attributes (the seeds' ``operations``)."""

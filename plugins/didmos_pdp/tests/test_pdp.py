@@ -139,3 +139,19 @@ def test_compile_drops_dangling_references():
                                            "didmosRoleJunior": [f"cn=gone-too,ou=roles,{RBAC}".encode()]})
     policy = compile_policy([role])
     assert policy.roles["r"].permissions == frozenset() and policy.roles["r"].juniors == frozenset()
+
+
+def test_read_filter_makes_a_list_return_only_readable_entries(host):
+    directory, pdp = host.service("directory"), host.service("pdp")
+    user, other = make_user(host), make_user(host)
+    everyone = "(objectClass=inetOrgPerson)"
+
+    def listed(actor):
+        constraint = pdp.read_filter(actor, "User")
+        condition = everyone if constraint is None else f"(&{everyone}{constraint})"
+        return {entry.dn for entry in directory.search(PEOPLE, condition, attrs=["1.1"])}
+
+    assert listed(user) == {user.dn}  # a standard user sees itself only
+    assert {user.dn, other.dn, SUPERADMIN.dn} <= listed(SUPERADMIN)
+    assert pdp.read_filter(SUPERADMIN, "User") is None  # no restriction to add
+    assert str(pdp.read_filter(None, "User")) == "(|)" and listed(None) == set()
