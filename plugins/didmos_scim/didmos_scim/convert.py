@@ -1,0 +1,263 @@
+"""Directory entries to SCIM resources and back (RFC 7643), through a :class:`~didmos_scim.mapping.Mapping`.
+
+Reading: :func:`to_scim` builds the resource from one entry. References (``manager``, ``members``,
+``groups``) need the referenced entries' ids and names; the caller looks them up for a whole page at
+once (``Directory.get_many``) and passes them in as ``references``, so converting costs no round trip.
+
+Writing: :func:`to_ldap` turns a resource body into LDAP attribute values. It ignores read-only
+attributes (RFC 7644 3.5.1) and refuses wrong types, unknown attributes (with ``strict``) and
+references it cannot resolve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping as MappingABC
+from datetime import datetime, timezone
+from typing import Any
+
+from didmos_host.errors import DidmosError
+from didmos_scim.mapping import Attribute, Mapping, Schema
+
+#: Attributes every resource has and the mapping does not describe.
+COMMON = {"id", "schemas", "meta", "externalid"}
+
+
+class InvalidValue(DidmosError):
+    """A value of the wrong type or shape (SCIM ``invalidValue``, 400)."""
+
+    status = 400
+    scim_type = "invalidValue"
+
+
+class Mutability(DidmosError):
+    """A value for an attribute the client may not set (SCIM ``mutability``, 400)."""
+
+    status = 400
+    scim_type = "mutability"
+
+
+def generalized_to_rfc3339(value: str | None) -> str | None:
+    """``20190731093903Z`` (LDAP GeneralizedTime) -> ``2019-07-31T09:39:03Z``."""
+    if not value:
+        return None
+    stamp = datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_to_generalized(value: str) -> str:
+    """``2019-07-31T09:39:03Z`` (or with an offset) -> ``20190731093903Z``."""
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise InvalidValue(f"{value!r} is not an RFC 3339 dateTime such as 2019-07-31T09:39:03Z") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.astimezone(timezone.utc).strftime("%Y%m%d%H%M%SZ")
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def _read_value(attribute: Attribute, raw: str) -> Any:
+    if attribute.type == "boolean":
+        return raw.upper() == "TRUE"
+    if attribute.type == "integer":
+        return int(raw)
+    if attribute.type == "decimal":
+        return float(raw)
+    if attribute.type == "dateTime":
+        return generalized_to_rfc3339(raw)
+    return raw
+
+
+def _reference(dn: str, references: MappingABC[str, tuple[str, str, str]], base_url: str) -> dict | None:
+    """``{"value", "display", "$ref", "type"}`` of a referenced entry, or None when it is unknown."""
+    found = references.get(dn.lower())
+    if found is None:
+        return None
+    ref_id, display, ref_type = found
+    return {"value": ref_id, "display": display, "$ref": f"{base_url}/{ref_type}s/{ref_id}", "type": ref_type}
+
+
+def _read_attribute(entry, attribute: Attribute, references, base_url: str) -> Any:
+    if attribute.by_type:
+        values = []
+        for value_type, ldap_attr in attribute.by_type:
+            for raw in entry.values(ldap_attr):
+                values.append({"value": raw, "type": value_type})
+        if values:
+            values[0]["primary"] = True
+        return values or None
+    if attribute.type == "complex" and attribute.ldap:  # a reference by DN
+        found = [ref for dn in entry.values(attribute.ldap) if (ref := _reference(dn, references, base_url))]
+        if attribute.multi_valued:
+            return found or None
+        if not found:
+            return None
+        return {"value": found[0]["value"], "$ref": found[0]["$ref"], "displayName": found[0]["display"]}
+    if attribute.type == "complex":
+        parts = {}
+        for sub in attribute.sub_attributes:
+            if sub.ldap and (raw := entry.first(sub.ldap)) is not None:
+                parts[sub.name] = _read_value(sub, raw)
+        if not parts:
+            return None
+        return [parts] if attribute.multi_valued else parts
+    if not attribute.ldap:
+        return None
+    values = entry.values(attribute.ldap)
+    if not values:
+        return None
+    converted = [_read_value(attribute, raw) for raw in values]
+    return converted if attribute.multi_valued else converted[0]
+
+
+def to_scim(entry, mapping: Mapping, *, resource_type: str, base_url: str,
+            references: MappingABC[str, tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """The SCIM resource of ``entry``. ``references`` maps lower-cased DNs to (id, display, type)."""
+    references = references or {}
+    resource: dict[str, Any] = {"schemas": [mapping.core.id], "id": entry.first("didmosUUID")}
+    for schema in mapping.schemas:
+        target = resource if schema is mapping.core else {}
+        for attribute in schema.attributes:
+            if attribute.returned == "never":
+                continue
+            value = _read_attribute(entry, attribute, references, base_url)
+            if value is not None:
+                target[attribute.name] = value
+        if schema is not mapping.core and target:
+            resource[schema.id] = target
+            resource["schemas"].append(schema.id)
+    resource["meta"] = {
+        "resourceType": resource_type,
+        "created": generalized_to_rfc3339(entry.first("createTimestamp")),
+        "lastModified": generalized_to_rfc3339(entry.first("modifyTimestamp")),
+        "location": f"{base_url}/{resource_type}s/{resource['id']}",
+        "version": f'W/"{entry.first("entryCSN")}"' if entry.first("entryCSN") else None,
+    }
+    resource["meta"] = {k: v for k, v in resource["meta"].items() if v is not None}
+    return resource
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+
+def coerce(attribute: Attribute, value: Any, where: str) -> str:
+    """One SCIM value as the LDAP string it is stored as; tolerant of what big clients send."""
+    if attribute.type == "boolean":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"  # "False" as a string: Azure AD and others send that
+        if not isinstance(value, bool):
+            raise InvalidValue(f"{where} must be a boolean, got {value!r}")
+        return "TRUE" if value else "FALSE"
+    if attribute.type == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValue(f"{where} must be an integer, got {value!r}")
+        return str(value)
+    if attribute.type == "decimal":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidValue(f"{where} must be a number, got {value!r}")
+        return str(value)
+    if attribute.type == "dateTime":
+        if not isinstance(value, str):
+            raise InvalidValue(f"{where} must be a dateTime string, got {value!r}")
+        return rfc3339_to_generalized(value)
+    if not isinstance(value, str):
+        raise InvalidValue(f"{where} must be a string, got {value!r}")
+    if not value:
+        raise InvalidValue(f"{where} must not be empty; leave it out (or remove it) instead")
+    return value
+
+
+def _write_attribute(attribute: Attribute, value: Any, where: str, out: dict[str, list[str]],
+                     resolve_reference: Callable[[str, str], str]) -> None:
+    if value is None:
+        return
+    if attribute.by_type:
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            item_where = f"{where}[{index}]"
+            if not isinstance(item, dict) or "value" not in item:
+                raise InvalidValue(f"{item_where} must be an object with a 'value'")
+            ldap_attr = attribute.ldap_for_type(item.get("type"))
+            if ldap_attr is None:
+                known = ", ".join(t for t, _ in attribute.by_type)
+                raise InvalidValue(f"{item_where}.type {item.get('type')!r} is not supported; use one of {known}")
+            out.setdefault(ldap_attr, []).append(coerce(attribute.sub("value") or attribute, item["value"],
+                                                        f"{item_where}.value"))
+        return
+    if attribute.type == "complex" and attribute.ldap:  # references by id
+        items = value if isinstance(value, list) else [value]
+        if not attribute.multi_valued and isinstance(value, list):
+            raise InvalidValue(f"{where} takes one value, not a list")
+        for index, item in enumerate(items):
+            item_where = f"{where}[{index}]" if attribute.multi_valued else where
+            ref_id = item.get("value") if isinstance(item, dict) else None
+            if not isinstance(ref_id, str) or not ref_id:
+                raise InvalidValue(f"{item_where} must be an object with the 'value' of the referenced resource's id")
+            out.setdefault(attribute.ldap, []).append(resolve_reference(ref_id, item_where))
+        return
+    if attribute.type == "complex":
+        items = value if attribute.multi_valued and isinstance(value, list) else [value]
+        for index, item in enumerate(items[:1]):  # LDAP keeps one value per sub-attribute
+            if not isinstance(item, dict):
+                raise InvalidValue(f"{where} must be an object")
+            for key, sub_value in item.items():
+                sub = attribute.sub(key)
+                if sub is None:
+                    raise InvalidValue(f"{where} has no sub-attribute {key!r}")
+                if sub.ldap and sub_value is not None:
+                    out.setdefault(sub.ldap, []).append(coerce(sub, sub_value, f"{where}.{sub.name}"))
+        return
+    if not attribute.ldap:
+        return
+    if attribute.multi_valued:
+        if not isinstance(value, list):
+            value = [value]
+        out.setdefault(attribute.ldap, []).extend(coerce(attribute, v, f"{where}[{i}]") for i, v in enumerate(value))
+    else:
+        if isinstance(value, list):
+            raise InvalidValue(f"{where} takes one value, not a list")
+        out.setdefault(attribute.ldap, []).append(coerce(attribute, value, where))
+
+
+def to_ldap(body: MappingABC[str, Any], mapping: Mapping, *, strict: bool,
+            resolve_reference: Callable[[str, str], str] | None = None) -> dict[str, list[str]]:
+    """LDAP attribute values for a resource body (create or replace).
+
+    ``strict``: unknown attributes are a 400 (``/scim/v2``); otherwise they are ignored, as the original
+    LUI backend documents ("if there is no mapping defined for a given attribute, it will be ignored").
+    ``resolve_reference(id, where)`` returns the DN of a referenced resource or raises.
+    """
+    if not isinstance(body, MappingABC):
+        raise InvalidValue("the request body must be a JSON object")
+
+    def no_references(ref_id: str, where: str) -> str:
+        raise InvalidValue(f"{where}: references cannot be resolved here")
+
+    resolve = resolve_reference or no_references
+    out: dict[str, list[str]] = {}
+    extension_ids = {s.id.lower(): s for s in mapping.extensions}
+    for key, value in body.items():
+        if key.lower() in COMMON:
+            continue
+        schema: Schema | None = extension_ids.get(key.lower())
+        if schema is not None:
+            if not isinstance(value, MappingABC):
+                raise InvalidValue(f"{key} must be an object of that extension's attributes")
+            for sub_key, sub_value in value.items():
+                _write_one(schema, sub_key, sub_value, f"{schema.name}.{sub_key}", out, resolve, strict)
+            continue
+        _write_one(mapping.core, key, value, key, out, resolve, strict)
+    return out
+
+
+def _write_one(schema: Schema, key: str, value: Any, where: str, out, resolve, strict: bool) -> None:
+    attribute = schema.attribute(key)
+    if attribute is None:
+        if strict:
+            raise InvalidValue(f"unknown attribute {where!r} for schema {schema.id}")
+        return
+    if attribute.mutability == "readOnly":
+        return  # RFC 7644 3.5.1: values of read-only attributes in a create or replace are ignored
+    _write_attribute(attribute, value, where, out, resolve)
