@@ -12,7 +12,8 @@ references it cannot resolve.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping as MappingABC
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from didmos_host.errors import DidmosError
@@ -44,15 +45,42 @@ def generalized_to_rfc3339(value: str | None) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def rfc3339_to_generalized(value: str) -> str:
-    """``2019-07-31T09:39:03Z`` (or with an offset) -> ``20190731093903Z``."""
+_GENERALIZED_INPUT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_rfc3339(text: str) -> str | None:
+    """RFC 3339 ``2011-05-13T04:42:34+02:00`` -> LDAP GeneralizedTime ``20110513024234Z`` (UTC).
+
+    Fractions of a second are kept (``...34.5Z``): OpenLDAP orders ``20110513024234Z`` before
+    ``20110513024234.5Z``, so ``gt``/``lt`` with a fraction stay exact. No time zone: ``None``, as RFC
+    3339 requires one and guessing could shift the result by hours.
+    """
+    match = _GENERALIZED_INPUT.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_hour, off_minute = match.groups()
     try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        raise InvalidValue(f"{value!r} is not an RFC 3339 dateTime such as 2019-07-31T09:39:03Z") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.astimezone(timezone.utc).strftime("%Y%m%d%H%M%SZ")
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        if not zulu:
+            offset = timedelta(hours=int(off_hour), minutes=int(off_minute))
+            if offset >= timedelta(hours=24):
+                return None
+            stamp -= offset if sign == "+" else -offset
+    except (ValueError, OverflowError):  # 2011-02-30, hour 25, or shifted out of the years 1..9999
+        return None
+    fraction = (fraction or "").rstrip("0")
+    # not strftime: it writes year 800 as "800" on some platforms, GeneralizedTime needs four digits
+    return (f"{stamp.year:04d}{stamp.month:02d}{stamp.day:02d}{stamp.hour:02d}{stamp.minute:02d}"
+            f"{stamp.second:02d}" + (f".{fraction}" if fraction else "") + "Z")
+
+
+def rfc3339_to_generalized(value: str) -> str:
+    """``2019-07-31T11:39:03+02:00`` -> ``20190731093903Z``; :class:`InvalidValue` for anything else."""
+    converted = parse_rfc3339(value) if isinstance(value, str) else None
+    if converted is None:
+        raise InvalidValue(f"{value!r} is not an RFC 3339 dateTime with a time zone, such as 2019-07-31T09:39:03Z")
+    return converted
 
 
 # -- reading ------------------------------------------------------------------------------------------
