@@ -28,3 +28,47 @@ def didmos_resource_types():
 @hookimpl(trylast=True)
 def didmos_attribute_mapping(resource_type):
     return DEFAULT_MAPPINGS.get(resource_type.name)
+
+
+@hookimpl(trylast=True)
+def didmos_services(host):
+    from didmos_scim.service import ScimService
+
+    host.provide("scim", ScimService(host))
+
+
+@hookimpl(trylast=True)
+def didmos_blueprints(app):
+    from didmos_scim.resources import lui, scim
+
+    return [scim, lui]
+
+
+SCIM_PREFIXES = ("/scim/v2", "/lui2_backend/v2")
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+@hookimpl(tryfirst=True)
+def didmos_handle_exception(error, request):
+    """Errors on the SCIM routes as SCIM Error bodies (RFC 7644 3.12), application/scim+json."""
+    import flask
+    from werkzeug.exceptions import HTTPException
+
+    from didmos_host.builtin import add_error_headers
+    from didmos_host.errors import AlreadyExists, DidmosError
+
+    if not request.path.startswith(SCIM_PREFIXES):
+        return None
+    if isinstance(error, HTTPException):
+        status, detail = error.code or 500, error.description
+    elif isinstance(error, DidmosError):
+        status, detail = error.status, error.message
+    else:
+        return None  # the host logs it and answers 500
+    body = {"schemas": [ERROR], "status": str(status), "detail": detail}
+    scim_type = getattr(error, "scim_type", None) or ("uniqueness" if isinstance(error, AlreadyExists) else None)
+    if scim_type:
+        body["scimType"] = scim_type
+    response = flask.make_response(flask.json.dumps(body), status)
+    response.headers["Content-Type"] = "application/scim+json"
+    return add_error_headers(response, error)
