@@ -62,6 +62,13 @@ def didmos_services(host):
 
 
 @hookimpl(trylast=True)
+def didmos_blueprints(app):
+    from didmos_pdp.resources import blueprint
+
+    return [blueprint]
+
+
+@hookimpl(trylast=True)
 def didmos_directory_migrations():
     return [SchemaMigration(name=f"didmos_pdp.{path.stem}", ldif=path, order=20)
             for path in sorted(SCHEMA_DIR.glob("*.ldif"))]
