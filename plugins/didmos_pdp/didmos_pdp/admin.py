@@ -186,10 +186,18 @@ class RbacAdmin:
                               permissive=True, if_match=str(self._eq("entryCSN", version)), actor=actor)
 
     def deassign_user(self, user_dn: str, role: str, *, actor: Actor | None = None) -> None:
+        """DeassignUser: and, as the standard says, the role leaves the user's sessions too."""
         if role not in self.assigned_roles(user_dn):
             raise NotFound(f"role {role!r} is not assigned to {user_dn}")
         self.directory.modify(user_dn, [(ldap.MOD_DELETE, "didmosRoleAssignment", [self.pdp.dn("roles", role)])],
                               actor=actor)
+        role_dn = self.pdp.dn("roles", role)
+        sessions = self.directory.search(f"ou=sessions,{self.pdp.rbac_dn}",
+                                         self._eq("didmosSessionUser", user_dn) & self._eq("didmosActiveRole", role_dn),
+                                         attrs=["1.1"])
+        for session in sessions:
+            self.directory.modify(session.dn, [(ldap.MOD_DELETE, "didmosActiveRole", [role_dn])],
+                                  permissive=True, actor=actor)
 
     def add_inheritance(self, senior: str, junior: str, *, actor: Actor | None = None) -> None:
         """AddInheritance: ``senior`` inherits ``junior``. Refused on a cycle and when a user authorized

@@ -95,10 +95,12 @@ class PolicyDecisionPoint:
         self._checked = 0.0
 
     def _refresh(self) -> None:
-        entries = self.directory.search(self.rbac_dn, f"(|(objectClass={ROLE})(objectClass={PERMISSION})"
-                                                      f"(objectClass={SOD}))", attrs=_RBAC_ATTRS)
-        revision = hashlib.sha256("".join(sorted(f"{e.dn}\0{e.first('entryCSN')}" for e in entries)).encode()).hexdigest()
+        rbac = f"(|(objectClass={ROLE})(objectClass={PERMISSION})(objectClass={SOD}))"
+        # The check reads only the versions; the whole policy is read again only when one changed.
+        versions = self.directory.search(self.rbac_dn, rbac, attrs=["entryCSN"])
+        revision = hashlib.sha256("".join(sorted(f"{e.dn}\0{e.first('entryCSN')}" for e in versions)).encode()).hexdigest()
         if self._policy is None or revision != self._policy.revision:
+            entries = self.directory.search(self.rbac_dn, rbac, attrs=_RBAC_ATTRS)
             try:
                 self._policy = compile_policy(entries, revision)
             except PolicyError:
@@ -184,13 +186,16 @@ def compile_policy(entries, revision: str = "") -> Policy:
                 description=entry.first("description") or "",
             )
         elif PERMISSION.lower() in classes:
-            permissions[name] = Permission(
-                name,
-                operations=frozenset(op.lower() for op in entry.values("didmosOperation")),
-                resource_type=entry.first("didmosResourceType"),
-                scope=Scope.parse(entry.first("didmosObjectScope") or "tenant"),
-                attributes=frozenset(entry.values("didmosAttributeName")),
-            )
+            try:
+                permissions[name] = Permission(
+                    name,
+                    operations=frozenset(op.lower() for op in entry.values("didmosOperation")),
+                    resource_type=entry.first("didmosResourceType"),
+                    scope=Scope.parse(entry.first("didmosObjectScope") or "tenant"),
+                    attributes=frozenset(entry.values("didmosAttributeName")),
+                )
+            except PolicyError as exc:  # written around didmos (LDAP tools): it grants nothing
+                log.warning("permission %s ignored: %s", entry.dn, exc)
         elif SOD.lower() in classes:
             sod_sets[name] = SodSet(
                 name,

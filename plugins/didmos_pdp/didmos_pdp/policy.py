@@ -87,6 +87,11 @@ class Scope:
             raise PolicyError(f"scope kind {self.kind!r} is not one of {', '.join(SCOPE_KINDS)}")
         if (self.kind == "subtree") != (self.dn is not None):
             raise PolicyError("a subtree scope needs a DN, and only a subtree scope has one")
+        if self.dn is not None:
+            import ldap.dn
+
+            if not ldap.dn.is_dn(self.dn):  # else every decision that reaches it would fail
+                raise PolicyError(f"scope subtree:{self.dn} does not name a valid DN")
 
     @classmethod
     def parse(cls, text: str) -> Scope:
@@ -224,6 +229,8 @@ class Policy:
                             Grant(permission, role))
         self._index = {key: tuple(grants) for key, grants in index.items()}
         self._effective: dict[frozenset[str], frozenset[str]] = {}
+        self._activation: dict[frozenset[str], tuple[str, ...]] = {}
+        self._plans: dict[tuple[tuple[str, ...], str], tuple] = {}
 
     def _close(self, name: str) -> frozenset[str]:
         """The role and every role below it; a cycle in the hierarchy is an error."""
@@ -270,14 +277,43 @@ class Policy:
 
     def operations_on(self, active_roles: Iterable[str], resource_type: str, target: str | None,
                       actor: ActorContext) -> dict[str, frozenset[str] | None]:
-        """Every operation allowed on one object, each with its attributes (the seeds' ``operations``)."""
-        roles = tuple(active_roles)
-        allowed = {}
-        for operation in OPERATIONS:
-            decision = self.check_access(roles, operation, resource_type, target, actor)
-            if decision:
-                allowed[operation] = decision.attributes
-        return allowed
+        """Every operation allowed on one object, each with its attributes (the seeds' ``operations``).
+
+        Same answer as :meth:`check_access` for each operation, but grants are grouped by scope so that
+        each distinct scope is evaluated once per object: a list computes this for every entry of a page.
+        """
+        result: dict[str, frozenset[str] | None] = {}
+        for probe, granted in self._operation_plan(tuple(active_roles), resource_type):
+            if not probe.covers(target, actor):
+                continue
+            for operation, attributes in granted:
+                if operation in result:
+                    current = result[operation]
+                    result[operation] = None if current is None or attributes is None else current | attributes
+                else:
+                    result[operation] = attributes
+        return {operation: result[operation] for operation in OPERATIONS if operation in result}
+
+    def _operation_plan(self, roles: tuple[str, ...], resource_type: str):
+        """Per distinct scope: one grant to test it with, and what it grants ((operation, attributes), ...)."""
+        key = (roles, resource_type)
+        plan = self._plans.get(key)
+        if plan is None:
+            groups: dict[tuple, tuple[Grant, dict[str, frozenset[str] | None]]] = {}
+            for operation in OPERATIONS:
+                for grant in self.grants(roles, operation, resource_type):
+                    scope = grant.permission.scope
+                    where = (scope, grant.role.scope if scope.kind == "role" else None)
+                    probe, granted = groups.setdefault(where, (grant, {}))
+                    attributes = grant.permission.attributes or None
+                    if operation in granted:
+                        current = granted[operation]
+                        attributes = None if current is None or attributes is None else current | attributes
+                    granted[operation] = attributes
+            plan = tuple((probe, tuple(granted.items())) for probe, granted in groups.values())
+            if len(self._plans) < 10000:
+                self._plans[key] = plan
+        return plan
 
     # -- hierarchy and separation of duty ----------------------------------------------------
 
@@ -313,14 +349,21 @@ class Policy:
     def default_active_roles(self, assigned: Iterable[str]) -> tuple[str, ...]:
         """The roles an implicit session (an API request) activates: every assigned role, in name order,
         skipping those that would break a dynamic separation-of-duty set."""
+        key = assigned if isinstance(assigned, frozenset) else frozenset(assigned)
+        found = self._activation.get(key)
+        if found is not None:
+            return found
         active: list[str] = []
-        for role in sorted(set(assigned) & self.roles.keys()):
+        for role in sorted(key & self.roles.keys()):
             try:
                 self.check_dsd([*active, role])
             except SeparationOfDutyViolation:
                 continue
             active.append(role)
-        return tuple(active)
+        found = tuple(active)
+        if len(self._activation) < 10000:  # bounded, like _effective: users share few role sets
+            self._activation[key] = found
+        return found
 
     def with_changes(self, *, roles: Mapping[str, Role] | None = None,
                      permissions: Mapping[str, Permission] | None = None,

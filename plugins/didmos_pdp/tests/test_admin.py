@@ -157,3 +157,22 @@ def test_administration_needs_permissions_and_cannot_escalate(admin, host, names
         admin.require(plain, "write", "RoleAssignment", user_dn)  # not even on itself
     with pytest.raises(Forbidden):
         admin.require(None, "read", "Role")
+
+
+def test_deassigning_a_role_drops_it_from_the_users_sessions(admin, host, names):
+    teller = names("teller")
+    admin.add_role(teller)
+    admin.add_permission(names("till"), ["write"], "Till")
+    admin.grant_permission(names("till"), teller)
+    user = make_user(host)
+    admin.assign_user(user, teller)
+    session = admin.create_session(user, [teller])
+    assert admin.check_access(session, "write", "Till", None)
+    admin.deassign_user(user, teller)
+    assert admin.session(session)[1] == frozenset()
+    assert not admin.check_access(session, "write", "Till", None)
+
+
+def test_a_subtree_scope_must_name_a_dn(admin, names):
+    with pytest.raises(PolicyError, match="does not name a valid DN"):
+        admin.add_permission(names("broken"), ["read"], "User", scope="subtree:not a dn")

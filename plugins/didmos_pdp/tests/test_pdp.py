@@ -155,3 +155,18 @@ def test_read_filter_makes_a_list_return_only_readable_entries(host):
     assert {user.dn, other.dn, SUPERADMIN.dn} <= listed(SUPERADMIN)
     assert pdp.read_filter(SUPERADMIN, "User") is None  # no restriction to add
     assert str(pdp.read_filter(None, "User")) == "(|)" and listed(None) == set()
+
+
+def test_a_malformed_permission_written_around_didmos_grants_nothing_and_breaks_nothing():
+    from didmos_ldap.directory import Entry
+    from didmos_pdp.pdp import compile_policy
+
+    bad = Entry(f"cn=bad,ou=permissions,{RBAC}", {"objectClass": [b"didmosPermission"], "cn": [b"bad"],
+                                                  "didmosOperation": [b"read", b"fly"], "didmosResourceType": [b"User"]})
+    worse = Entry(f"cn=worse,ou=permissions,{RBAC}", {"objectClass": [b"didmosPermission"], "cn": [b"worse"],
+                                                      "didmosOperation": [b"read"], "didmosResourceType": [b"User"],
+                                                      "didmosObjectScope": [b"subtree:not a dn"]})
+    role = Entry(f"cn=r,ou=roles,{RBAC}", {"objectClass": [b"didmosRole"], "cn": [b"r"],
+                                           "didmosPermissionRef": [bad.dn.encode(), worse.dn.encode()]})
+    policy = compile_policy([bad, worse, role])
+    assert policy.permissions == {} and policy.roles["r"].permissions == frozenset()

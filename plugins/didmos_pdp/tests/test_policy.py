@@ -177,3 +177,21 @@ def test_check_access_matches_the_definition(p, active, operation, resource_type
     )
     assert bool(p.check_access(active, operation, resource_type, ANN, ActorContext(ANN))) == expected
     assert p.authorized_roles_of(active) == set().union(*(naive_authorized(p, r) for r in active)) if active else True
+
+
+@settings(max_examples=100, deadline=None)
+@given(policies(), st.frozensets(names, max_size=3), st.sampled_from(["User", "Groups"]))
+def test_operations_on_agrees_with_check_access(p, active, resource_type):
+    actor = ActorContext(ANN)
+    expected = {}
+    for operation in OPERATIONS:
+        decision = p.check_access(active, operation, resource_type, ANN, actor)
+        if decision:
+            expected[operation] = decision.attributes
+    assert p.operations_on(active, resource_type, ANN, actor) == expected
+
+
+def test_operations_on_merges_attribute_sets_across_grants():
+    p, me = policy(), ActorContext(ANN)
+    assert p.operations_on(["secretary-x"], "User", ANN, me) == {
+        "read": None, "modify-replace": {"title", "displayName", "telephoneNumber"}}
