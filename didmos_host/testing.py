@@ -84,9 +84,9 @@ def didmos_redis(tmp_path_factory) -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def didmos_overrides(didmos_slapd, didmos_redis) -> dict[str, Any]:
-    """Settings overrides pointing at the test slapd and redis."""
+    """Settings overrides pointing at the test slapd and redis (session-scoped: use from any scope)."""
     return _merge(_directory_overrides(didmos_slapd), {"redis": {"url": didmos_redis.url}})
 
 
