@@ -425,6 +425,15 @@ class Directory:
         except NotFound:
             return []
 
+    def _write(self, operation: LdapOperation, actor: Actor | None, execute, dn: str):
+        """Run a write: the request's reads are forgotten, a write that reached the server is never sent
+        again, and the cache forgets the entry whatever the outcome."""
+        self._forget_reads()
+        try:
+            return self._run(operation, actor, execute, retry_sent=False)
+        finally:
+            self._invalidate(dn, operation)
+
     def _invalidate(self, dn: str, operation: LdapOperation) -> None:
         """After a write, whether it succeeded or not: this node must not read its own write stale."""
         if self.cache is None:
@@ -465,11 +474,7 @@ class Directory:
             _, _, _, controls = conn.add_ext_s(op.dn, list(op.attributes.items()), serverctrls=op.controls or None)
             return _post_read(controls)
 
-        self._forget_reads()
-        try:
-            return self._run(operation, actor, execute, retry_sent=False)
-        finally:
-            self._invalidate(dn, operation)
+        return self._write(operation, actor, execute, dn)
 
     def modify(self, dn: str, changes: Sequence[tuple[int, str, Any]], *, actor: Actor | None = None,
                if_match: str | None = None, permissive: bool = False,
@@ -504,11 +509,7 @@ class Directory:
                 _, _, _, controls = conn.modify_ext_s(op.dn, changes, serverctrls=op.controls or None)
             return _post_read(controls)
 
-        self._forget_reads()
-        try:
-            return self._run(operation, actor, execute, retry_sent=False)
-        finally:
-            self._invalidate(dn, operation)
+        return self._write(operation, actor, execute, dn)
 
     def move(self, dn: str, *, new_rdn: str | None = None, new_superior: str | None = None,
              actor: Actor | None = None, read_back: Sequence[str] | None = None) -> Entry | str:
@@ -527,11 +528,7 @@ class Directory:
             parent = op.new_superior if op.new_superior is not None else parent_dn(op.dn)
             return f"{op.new_rdn},{parent}" if parent else op.new_rdn
 
-        self._forget_reads()
-        try:
-            return self._run(operation, actor, execute, retry_sent=False)
-        finally:
-            self._invalidate(dn, operation)
+        return self._write(operation, actor, execute, dn)
 
     def delete(self, dn: str, *, actor: Actor | None = None, if_match: str | None = None) -> None:
         operation = LdapOperation(kind="delete", dn=dn)
@@ -541,11 +538,7 @@ class Directory:
         def execute(conn, op):
             conn.delete_ext_s(op.dn, serverctrls=op.controls or None)
 
-        self._forget_reads()
-        try:
-            self._run(operation, actor, execute, retry_sent=False)
-        finally:
-            self._invalidate(dn, operation)
+        self._write(operation, actor, execute, dn)
 
     def bind(self, dn: str, password: str, *, actor: Actor | None = None) -> BindResult:
         """Check a user's password by binding as the user, with the password policy control.
