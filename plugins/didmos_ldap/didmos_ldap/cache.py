@@ -321,6 +321,14 @@ class EntryCache:
             self.start()
         return True
 
+    def _serve(self, cached, attrs: Sequence[str] | None) -> Entry | None:
+        """A hit: the requested attributes of ``cached``, or None when the cache cannot answer them exactly."""
+        plan = self._plan(attrs)
+        if plan is None:
+            return None
+        cached.used = True  # second chance for eviction
+        return cached.project(plan)
+
     def lookup(self, dn: str, attrs: Sequence[str] | None) -> Entry | None:
         """The cached entry at ``dn`` with ``attrs`` (None: all user attributes), or None: ask LDAP."""
         if self._not_serving():
@@ -331,11 +339,7 @@ class EntryCache:
             return None
         if cached is None:
             return None
-        plan = self._plan(attrs)
-        if plan is None:
-            return None
-        cached.used = True
-        return cached.project(plan)
+        return self._serve(cached, attrs)
 
     def lookup_uuid(self, didmos_uuid: str, base: str, attrs: Sequence[str] | None) -> Entry | None:
         """The cached entry with ``didmos_uuid`` at or below ``base``, or None: ask LDAP."""
@@ -350,11 +354,7 @@ class EntryCache:
             return None
         if base_key and cached.key != base_key and not cached.key.endswith("," + base_key):
             return None
-        plan = self._plan(attrs)
-        if plan is None:
-            return None
-        cached.used = True
-        return cached.project(plan)
+        return self._serve(cached, attrs)
 
     # -- misses ----------------------------------------------------------------------------------
 
