@@ -112,6 +112,16 @@ def didmos_attribute_mapping(resource_type: ResourceType) -> dict[str, Any] | No
     """
 
 
+@hookspec(firstresult=True)
+def didmos_user_name(resource_type: ResourceType, attributes: dict[str, list[str]], attempt: int) -> str | None:
+    """Make up the ``userName`` of a resource created without one (the seeds' ``user167i``).
+
+    Called by the SCIM plugin for each create that lacks a ``userName``, with the LDAP attributes about
+    to be written. *First result wins*: the built-in generator is ``trylast``. ``attempt`` counts from
+    0; when the name is taken already, the hook is called again with the next attempt (at most 10).
+    """
+
+
 @hookspec
 def didmos_ldap_pre_operation(operation: LdapOperation, actor: Actor | None) -> None:
     """See (and possibly change or reject) an LDAP operation before it is sent to the directory.

@@ -112,6 +112,13 @@ class PolicyDecisionPoint:
 
     # -- decisions ---------------------------------------------------------------------------------
 
+    def new_entry_attributes(self, resource_type: str) -> dict[str, list[str]]:
+        """What a new entry of ``resource_type`` gets from the PDP: users their ``pdp.new_user_roles``."""
+        roles = self.host.settings.pdp.new_user_roles if resource_type == "User" else []
+        if not roles:
+            return {}
+        return {"objectClass": ["didmosRoleHolder"], "didmosRoleAssignment": [self.dn("roles", r) for r in roles]}
+
     def subject(self, actor: Actor) -> Subject:
         """The actor's assigned roles, read from its entry (from the entry cache when enabled)."""
         entry = self.directory.get(actor.dn, ["didmosRoleAssignment"])

@@ -123,6 +123,8 @@ class Mapping:
     extensions: tuple[Schema, ...] = ()
     object_classes: tuple[str, ...] = ()
     rdn_attribute: str = "didmosUUID"
+    #: LDAP values a new entry gets when the created resource does not say: ``(("didmosActive", "TRUE"),)``.
+    defaults: tuple[tuple[str, str], ...] = ()
 
     @property
     def schemas(self) -> tuple[Schema, ...]:
@@ -266,7 +268,9 @@ ORGANIZATION_SCHEMA = Schema(ORGANIZATION, "Organization", "An organization of t
 
 DEFAULT_MAPPINGS = {
     "User": Mapping(USER_SCHEMA, (ENTERPRISE_SCHEMA, LUI_SCHEMA),
-                    ("inetOrgPerson", "didmosObject", "didmosPerson")),
-    "Group": Mapping(GROUP_SCHEMA, (LUI_SCHEMA,), ("groupOfNames", "didmosObject")),
+                    ("inetOrgPerson", "didmosObject", "didmosPerson"),
+                    defaults=(("didmosActive", "TRUE"), ("didmosUserType", "local"))),
+    # didmosGroup, not groupOfNames: a SCIM group may have no members (didmos_ldap schema 0004)
+    "Group": Mapping(GROUP_SCHEMA, (LUI_SCHEMA,), ("didmosGroup", "didmosObject")),
     "Organization": Mapping(ORGANIZATION_SCHEMA, (LUI_SCHEMA,), ("organization", "didmosObject")),
 }

@@ -1,21 +1,29 @@
 """The SCIM routes: strict RFC 7644 under ``/scim/v2`` and the LUI2-compatible ``/lui2_backend/v2``.
 
-Both mounts share :class:`~didmos_scim.service.ScimService`; they differ only where the original
-LUI backend differs from the RFC (paths with trailing slashes and singular names, the ``location``
-list and the ``operations`` block of the LUI extension in ``meta``).
+Both mounts share :class:`~didmos_scim.service.ScimService` and the handlers here; a :class:`Mount`
+says where they differ, as the original LUI backend differs from the RFC: paths with trailing slashes
+and singular names, 200 rather than 201 on create and 204 on delete, 419 for a taken userName, unknown
+attributes ignored rather than refused, the ``location`` list of ancestors, and ``meta`` with
+``created``/``modified`` as GeneralizedTime and the ``operations`` block of the LUI extension.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import flask
 
 from didmos_host.api import Blueprint
 from didmos_host.app import current_actor, current_host
+from didmos_host.errors import AlreadyExists, AuthenticationFailed
+from didmos_scim.filters import InvalidFilter
 from didmos_scim.mapping import LUI
+from didmos_scim.patch import InvalidSyntax
 from didmos_scim.service import ScimError, ScimService
 
 SCIM_JSON = "application/scim+json"
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+SEARCH_REQUEST = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
 #: Largest page a list returns; a larger ``count`` is lowered to it (RFC 7644 3.4.2.4).
 MAX_RESULTS = 1000
 DEFAULT_COUNT = 100
@@ -25,6 +33,28 @@ LUI_TYPES = {"user": "User", "groups": "Group", "organization": "Organization"}
 scim = Blueprint("scim", __name__, url_prefix="/scim/v2", description="SCIM 2.0 (RFC 7643/7644)")
 lui = Blueprint("lui2", __name__, url_prefix="/lui2_backend/v2",
                 description="SCIM for clients of the original LUI2 backend")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """What differs between the two mounts."""
+
+    prefix: str
+    strict: bool
+    created: int
+    deleted: int
+    taken: int  # status of a create whose userName is taken
+
+    @property
+    def lui(self) -> bool:
+        return not self.strict
+
+    def base_url(self) -> str:
+        return flask.request.host_url.rstrip("/") + self.prefix
+
+
+STRICT = Mount("/scim/v2", strict=True, created=201, deleted=204, taken=409)
+LUI_MOUNT = Mount("/lui2_backend/v2", strict=False, created=200, deleted=200, taken=419)
 
 
 def service() -> ScimService:
@@ -37,64 +67,268 @@ def respond(body, status: int = 200) -> flask.Response:
     return response
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = flask.request.args.get(name)
+def _int_arg(source, name: str, default: int) -> int:
+    raw = source.get(name)
     if raw is None or raw == "":
         return default
+    if isinstance(raw, bool):
+        raise ScimError(f"{name} must be an integer, got {raw!r}", status=400, scim_type="invalidValue")
     try:
         return int(raw)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ScimError(f"{name} must be an integer, got {raw!r}", status=400, scim_type="invalidValue") from None
 
 
-def _list(type_name: str, base_url: str, lui_shape: bool) -> flask.Response:
-    actor = current_actor()
-    count = min(_int_arg("count", DEFAULT_COUNT), MAX_RESULTS)
-    page = service().list(type_name, actor, base_url=base_url, filter_text=flask.request.args.get("filter"),
-                          start_index=_int_arg("startIndex", 1), count=count,
-                          sort_by=flask.request.args.get("sortBy"),
-                          sort_order=flask.request.args.get("sortOrder", "ascending"))
-    resources = [_shape(resource, lui_shape) for resource in page.resources]
-    return respond({"schemas": [LIST_RESPONSE], "totalResults": page.total, "startIndex": page.start_index,
-                    "itemsPerPage": len(resources), "Resources": resources})
+def _body():
+    """The request's JSON body; 413 when too large, 400 ``invalidSyntax`` when it is not JSON."""
+    limit = current_host().settings.api.max_content_length
+    length = flask.request.content_length
+    if length is not None and length > limit:
+        raise ScimError(f"the request body has {length} bytes; at most {limit} are accepted (api.max_content_length)",
+                        status=413)
+    raw = flask.request.get_data(cache=True)  # a body without Content-Length is cut off by Flask at the limit
+    try:
+        return flask.json.loads(raw)
+    except ValueError as exc:
+        raise InvalidSyntax(f"the request body is not valid JSON: {exc}") from None
 
 
-def _get(type_name: str, resource_id: str, base_url: str, lui_shape: bool) -> flask.Response:
-    actor = current_actor()
-    resource, entry = service().get(type_name, resource_id, actor, base_url=base_url)
-    if lui_shape:
-        operations = current_host().service("pdp").operations(actor, type_name, entry.dn)
-        resource["meta"][LUI] = {"operations": {"entry": sorted(operations), "attributes": {}}}
-    response = respond(_shape(resource, lui_shape))
-    if resource["meta"].get("version"):
+def _words(raw) -> list[str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list):
+        return [str(w).strip() for w in raw if str(w).strip()]
+    return [w.strip() for w in str(raw).split(",") if w.strip()]
+
+
+def _projection(source) -> tuple[list[str] | None, list[str] | None]:
+    attributes, excluded = _words(source.get("attributes")), _words(source.get("excludedAttributes"))
+    if attributes and excluded:
+        raise ScimError("give attributes or excludedAttributes, not both", status=400, scim_type="invalidValue")
+    return attributes, excluded
+
+
+def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operations: bool = False,
+            projection=(None, None)) -> dict:
+    """The mount's shape of one resource."""
+    if mount.lui:
+        operations = current_host().service("pdp").operations(current_actor(), type_name, entry.dn)
+        block = _lui_operations(operations)
+        meta = resource["meta"]
+        meta[LUI] = {"operations": {entry.dn: block}} if keyed_operations else {"operations": block}
+        if entry.first("createTimestamp"):
+            meta["created"] = entry.first("createTimestamp")
+        if entry.first("modifyTimestamp"):
+            meta["modified"] = entry.first("modifyTimestamp")
+        meta.pop("lastModified", None)
+    else:
+        resource.pop("location", None)  # the LUI list of ancestors is not RFC 7643
+    attributes, excluded = projection
+    if attributes or excluded:
+        resource = service().project(resource, type_name, attributes, excluded)
+    return resource
+
+
+def _lui_operations(operations: dict) -> dict:
+    """``{"read": None, "modify-replace": {"displayName"}}`` -> the seeds' ``{"entry": [...], "attributes": {...}}``."""
+    entry = sorted(op for op, attrs in operations.items() if attrs is None)
+    attributes: dict[str, list[str]] = {}
+    for op, attrs in operations.items():
+        for attr in sorted(attrs or ()):
+            attributes.setdefault(attr, []).append(op)
+    return {"entry": entry, "attributes": {attr: sorted(ops) for attr, ops in attributes.items()}}
+
+
+def _with_version(response: flask.Response, resource: dict) -> flask.Response:
+    if resource.get("meta", {}).get("version"):
         response.headers["ETag"] = resource["meta"]["version"]
     return response
 
 
-def _shape(resource: dict, lui_shape: bool) -> dict:
-    if not lui_shape:
-        resource.pop("location", None)  # the LUI list of ancestors is not RFC 7643
-    return resource
+# -- handlers shared by both mounts --------------------------------------------------------------------
+
+
+def _list(type_name: str, mount: Mount, source, status_source=None) -> flask.Response:
+    actor = current_actor()
+    count = min(_int_arg(source, "count", DEFAULT_COUNT), MAX_RESULTS)
+    page = service().list(type_name, actor, base_url=mount.base_url(), filter_text=source.get("filter"),
+                          start_index=_int_arg(source, "startIndex", 1), count=count,
+                          sort_by=source.get("sortBy"), sort_order=source.get("sortOrder") or "ascending",
+                          with_entries=True)
+    projection = _projection(source)
+    resources = [_finish(resource, entry, type_name, mount, projection=projection)
+                 for resource, entry in zip(page.resources, page.entries)]
+    return respond({"schemas": [LIST_RESPONSE], "totalResults": page.total, "startIndex": page.start_index,
+                    "itemsPerPage": len(resources), "Resources": resources})
+
+
+def _search(type_name: str | None, mount: Mount) -> flask.Response:
+    """POST .search (RFC 7644 3.4.3): the query in the body; at the root, every type at once."""
+    body = _body()
+    if not isinstance(body, dict):
+        raise InvalidSyntax("the body of a .search must be a SearchRequest object")
+    schemas = body.get("schemas")
+    if schemas is not None and SEARCH_REQUEST not in (schemas if isinstance(schemas, list) else [schemas]):
+        raise InvalidSyntax(f"schemas must contain {SEARCH_REQUEST}")
+    for key in ("filter", "sortBy", "sortOrder"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ScimError(f"{key} must be a string", status=400, scim_type="invalidValue")
+    if type_name is not None:
+        return _list(type_name, mount, body)
+    return _search_all(mount, body)
+
+
+def _search_all(mount: Mount, body: dict) -> flask.Response:
+    """A root .search: each readable type's matches, one after another, paged across them."""
+    actor = current_actor()
+    start, count = max(_int_arg(body, "startIndex", 1), 1), min(_int_arg(body, "count", DEFAULT_COUNT), MAX_RESULTS)
+    if body.get("sortBy"):
+        raise ScimError("sortBy is not supported across resource types; search one type", status=400,
+                        scim_type="invalidValue")
+    total, resources, skip, refused = 0, [], start - 1, []
+    for type_name in current_host().resource_types:
+        try:
+            counted = service().list(type_name, actor, base_url=mount.base_url(), filter_text=body.get("filter"),
+                                     count=0)
+        except InvalidFilter as exc:
+            if "unknown attribute" not in exc.message and "not stored" not in exc.message:
+                raise
+            refused.append(exc)  # a filter on an attribute this type lacks matches none of its resources
+            continue
+        total += counted.total
+        if skip >= counted.total:
+            skip -= counted.total
+            continue
+        wanted = count - len(resources)
+        if wanted > 0:
+            page = service().list(type_name, actor, base_url=mount.base_url(), filter_text=body.get("filter"),
+                                  start_index=skip + 1, count=wanted, with_entries=True)
+            resources += [_finish(r, e, type_name, mount, projection=_projection(body))
+                          for r, e in zip(page.resources, page.entries)]
+        skip = 0
+    if len(refused) == len(current_host().resource_types):
+        raise refused[0]  # no resource type has that attribute
+    return respond({"schemas": [LIST_RESPONSE], "totalResults": total, "startIndex": start,
+                    "itemsPerPage": len(resources), "Resources": resources})
+
+
+def _get(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
+    resource, entry = service().get(type_name, resource_id, current_actor(), base_url=mount.base_url())
+    version = resource.get("meta", {}).get("version")
+    if version and version in {t.strip() for t in flask.request.headers.get("If-None-Match", "").split(",")}:
+        response = flask.make_response("", 304)
+        response.headers["ETag"] = version
+        return response
+    resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
+    return _with_version(respond(resource), resource)
+
+
+def _create(type_name: str, mount: Mount, parent: str | None = None) -> flask.Response:
+    body = _body()
+    try:
+        resource, entry = service().create(type_name, body, current_actor(), base_url=mount.base_url(),
+                                           strict=mount.strict, parent=parent)
+    except AlreadyExists as exc:
+        if mount.lui and (exc.detail or {}).get("attribute") == "userName":
+            raise ScimError(exc.message, status=mount.taken, scim_type="uniqueness") from None
+        raise
+    resource = _finish(resource, entry, type_name, mount, keyed_operations=True,
+                       projection=_projection(flask.request.args))
+    response = _with_version(respond(resource, mount.created), resource)
+    if mount.strict:
+        response.headers["Location"] = resource["meta"]["location"]
+    return response
+
+
+def _replace(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
+    resource, entry = service().replace(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
+                                        strict=mount.strict, if_match=flask.request.headers.get("If-Match"))
+    resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
+    return _with_version(respond(resource), resource)
+
+
+def _patch(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
+    resource, entry = service().patch(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
+                                      strict=mount.strict, if_match=flask.request.headers.get("If-Match"))
+    resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
+    return _with_version(respond(resource), resource)
+
+
+def _delete(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
+    service().delete(type_name, resource_id, current_actor(), if_match=flask.request.headers.get("If-Match"))
+    if mount.deleted == 204:
+        return flask.make_response("", 204)
+    return respond({}, 200)
+
+
+def _me() -> str:
+    actor = current_actor()
+    if actor is None:
+        raise AuthenticationFailed("authentication required")
+    return actor.uuid
+
+
+# -- /scim/v2 ------------------------------------------------------------------------------------------
 
 
 def _scim_type(endpoint: str) -> str:
     for name, resource_type in current_host().resource_types.items():
         if resource_type.endpoint.strip("/").lower() == endpoint.lower():
             return name
+    if endpoint.lower() in ("serviceproviderconfig", "resourcetypes", "schemas", "bulk", "me"):
+        raise ScimError(f"{flask.request.method} is not allowed on /{endpoint}", status=405)
     raise ScimError(f"no resource type at /{endpoint}", status=404)
 
 
-@scim.route("/<endpoint>", methods=["GET"])
-def scim_list(endpoint):
-    """List resources (RFC 7644 3.4.2): filter, startIndex, count, sortBy, sortOrder."""
-    return _list(_scim_type(endpoint), flask.request.host_url.rstrip("/") + scim.url_prefix, lui_shape=False)
+@scim.route("/<endpoint>", methods=["GET", "POST"])
+def scim_collection(endpoint):
+    """List resources (RFC 7644 3.4.2: filter, startIndex, count, sortBy, sortOrder, attributes,
+    excludedAttributes), or create one (3.3: 201 with Location and ETag)."""
+    type_name = _scim_type(endpoint)
+    if flask.request.method == "POST":
+        return _create(type_name, STRICT)
+    return _list(type_name, STRICT, flask.request.args)
 
 
-@scim.route("/<endpoint>/<resource_id>", methods=["GET"])
-def scim_get(endpoint, resource_id):
-    """One resource by id (RFC 7644 3.4.1)."""
-    return _get(_scim_type(endpoint), resource_id, flask.request.host_url.rstrip("/") + scim.url_prefix,
-                lui_shape=False)
+@scim.route("/<endpoint>/<resource_id>", methods=["GET", "PUT", "PATCH", "DELETE"])
+def scim_resource(endpoint, resource_id):
+    """One resource by id: read (If-None-Match: 304), replace, modify (If-Match: 412), delete (204)."""
+    type_name = _scim_type(endpoint)
+    return _one(type_name, resource_id, STRICT)
+
+
+def _one(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
+    method = flask.request.method
+    if method == "GET":
+        return _get(type_name, resource_id, mount)
+    if method == "PUT":
+        return _replace(type_name, resource_id, mount)
+    if method == "PATCH":
+        return _patch(type_name, resource_id, mount)
+    return _delete(type_name, resource_id, mount)
+
+
+@scim.route("/<endpoint>/.search", methods=["POST"])
+def scim_type_search(endpoint):
+    """Query one resource type with the query in the body (RFC 7644 3.4.3)."""
+    return _search(_scim_type(endpoint), STRICT)
+
+
+@scim.route("/.search", methods=["POST"])
+def scim_root_search():
+    """Query every resource type at once (RFC 7644 3.4.3)."""
+    return _search(None, STRICT)
+
+
+@scim.route("/Me", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
+def scim_me():
+    """The authenticated user's own resource (RFC 7644 3.11)."""
+    if flask.request.method == "POST":
+        raise ScimError("POST /Me is not supported: create users at /Users", status=501)
+    return _one("User", _me(), STRICT)
+
+
+# -- /lui2_backend/v2 ----------------------------------------------------------------------------------
 
 
 def _lui_type(segment: str) -> str:
@@ -104,14 +338,28 @@ def _lui_type(segment: str) -> str:
         raise ScimError(f"no resource type {segment!r}; use User, Groups or Organization", status=404) from None
 
 
-@lui.route("/<segment>/", methods=["GET"])
-def lui_list(segment):
-    """List resources, as the LUI backend: GET /User/?filter=..."""
-    return _list(_lui_type(segment), flask.request.host_url.rstrip("/") + lui.url_prefix, lui_shape=True)
+@lui.route("/<segment>/", methods=["GET", "POST"])
+def lui_collection(segment):
+    """List resources as the LUI backend (GET /User/?filter=...), or create one (POST /User/: 200)."""
+    type_name = _lui_type(segment)
+    if flask.request.method == "POST":
+        return _create(type_name, LUI_MOUNT)
+    return _list(type_name, LUI_MOUNT, flask.request.args)
 
 
-@lui.route("/<segment>/<resource_id>/", methods=["GET"])
-def lui_get(segment, resource_id):
-    """One resource, as the LUI backend: GET /User/<id>/ with location and meta operations."""
-    return _get(_lui_type(segment), resource_id, flask.request.host_url.rstrip("/") + lui.url_prefix,
-                lui_shape=True)
+@lui.route("/<segment>/<resource_id>/", methods=["GET", "PUT", "PATCH", "DELETE"])
+def lui_resource(segment, resource_id):
+    """One resource as the LUI backend: GET with location and meta operations, PUT, PATCH, DELETE (200)."""
+    return _one(_lui_type(segment), resource_id, LUI_MOUNT)
+
+
+@lui.route("/<segment>/<path:node_dn>/", methods=["POST"])
+def lui_create_under(segment, node_dn):
+    """Create a resource under the entry ``node_dn`` (POST /User/ou=data,ou=default-tenant,dc=didmos,dc=de/)."""
+    return _create(_lui_type(segment), LUI_MOUNT, parent=node_dn)
+
+
+@lui.route("/<segment>/.search", methods=["POST"])
+def lui_type_search(segment):
+    """Query one resource type with the query in the body."""
+    return _search(_lui_type(segment), LUI_MOUNT)

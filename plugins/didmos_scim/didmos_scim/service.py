@@ -7,16 +7,30 @@ the attributes the actor may read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+import string
+import uuid
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
 from typing import Any
 
-from didmos_host.errors import DidmosError, Forbidden, NotFound
+import ldap
+
+from didmos_host.errors import AlreadyExists, DidmosError, Forbidden, NotFound, PreconditionFailed
 from didmos_host.records import Action, Actor, ResourceType
-from didmos_ldap.directory import VERSION_ATTRIBUTES, location
-from didmos_ldap.filters import all_of, eq
+from didmos_ldap.directory import VERSION_ATTRIBUTES, location, normalize_dn
+from didmos_ldap.filters import all_of, any_of, eq
 from didmos_scim import filters as scim_filters
-from didmos_scim.convert import to_scim
-from didmos_scim.mapping import Mapping
+from didmos_scim.convert import InvalidValue, to_ldap, to_scim
+from didmos_scim.mapping import Attribute, Mapping
+from didmos_scim.patch import Changes, InvalidSyntax, operations_of
+
+#: Object classes of entries a reference shows as ``"type": "Group"``.
+GROUP_CLASSES = {"didmosgroup", "groupofnames", "groupofuniquenames"}
+#: The SCIM operations of a PATCH as PDP operations on attributes (a replace by nothing removes).
+PDP_OPERATIONS = {ldap.MOD_ADD: "modify-add", ldap.MOD_DELETE: "modify-del", ldap.MOD_REPLACE: "modify-replace"}
+#: How often a generated userName is tried again when it is taken.
+USER_NAME_ATTEMPTS = 10
 
 #: Default order of a list: entryUUID has an ordering rule, so paging is stable without a sortBy.
 DEFAULT_SORT = "entryUUID:uuidOrderingMatch"
@@ -37,6 +51,7 @@ class Page:
     resources: list[dict[str, Any]]
     total: int
     start_index: int
+    entries: list[Any] = field(default_factory=list)
 
 
 class ScimService:
@@ -94,7 +109,7 @@ class ScimService:
 
     def list(self, type_name: str, actor: Actor, *, base_url: str, filter_text: str | None = None,
              start_index: int = 1, count: int = 100, sort_by: str | None = None,
-             sort_order: str = "ascending") -> Page:
+             sort_order: str = "ascending", with_entries: bool = False) -> Page:
         """A page of the resources ``actor`` may read that match ``filter_text``: one LDAP search.
 
         Paging and sorting are the server's (Server Side Sorting with Virtual List View), however large
@@ -125,7 +140,7 @@ class ScimService:
         for entry, resource in zip(entries, resources):
             decision = policy.check_access(roles, "read", type_name, entry.dn, subject.context)
             shown.append(self._readable(resource, mapping, decision.attributes))
-        return Page(shown, total, start_index)
+        return Page(shown, total, start_index, entries if with_entries else [])
 
     def _sort_key(self, mapping: Mapping, sort_by: str | None, sort_order: str) -> str:
         if not sort_by:
@@ -158,7 +173,7 @@ class ScimService:
             found = self.directory.get_many(dns, ["didmosUUID", "displayName", "cn", "objectClass"])
             for key, ref in found.items():
                 classes = {oc.lower() for oc in ref.values("objectClass")}
-                ref_type = "Group" if "groupofnames" in classes else "User"
+                ref_type = "Group" if classes & GROUP_CLASSES else "User"
                 if ref.first("didmosUUID"):
                     references[ref.dn.lower()] = (ref.first("didmosUUID"), ref.first("displayName") or ref.first("cn"),
                                                   ref_type)
@@ -184,3 +199,373 @@ class ScimService:
                 if stored and attribute.name in target and not any(a.lower() in allowed for a in stored):
                     del target[attribute.name]
         return resource
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _entry(self, type_name: str, resource_id: str, attrs) -> tuple[ResourceType, Mapping, Any]:
+        resource_type = self.resource_type(type_name)
+        mapping = self.mapping(resource_type)
+        entry = self.directory.get_by_uuid(resource_id, self.host.settings.ldap.base_dn,
+                                           [*attrs(mapping), "objectClass", "didmosUUID", *VERSION_ATTRIBUTES])
+        wanted = {oc.lower() for oc in resource_type.object_classes}
+        if entry is None or not wanted <= {oc.lower() for oc in entry.values("objectClass")}:
+            raise NotFound(f"no {type_name} with id {resource_id!r}")
+        return resource_type, mapping, entry
+
+    def resolver(self):
+        """``resolve(id, where)`` -> DN of the resource with that id; ``invalidValue`` when there is none."""
+        base = self.host.settings.ldap.base_dn
+
+        def resolve(ref_id: str, where: str) -> str:
+            entry = self.directory.get_by_uuid(ref_id, base, ["1.1"])
+            if entry is None:
+                raise InvalidValue(f"{where}: no resource with id {ref_id!r}")
+            return entry.dn
+
+        return resolve
+
+    def _read_back(self, mapping: Mapping) -> list[str]:
+        return self._attributes(mapping)
+
+    def create(self, type_name: str, body: Any, actor: Actor, *, base_url: str, strict: bool = True,
+               parent: str | None = None) -> tuple[dict, Any]:
+        """Create a resource (RFC 7644 3.3) under ``parent`` (default: the type's configured base).
+
+        A User without ``userName`` gets one from the ``didmos_user_name`` hook; ``displayName`` and
+        ``name.formatted`` are derived from the name when absent. One LDAP add, which returns the entry
+        as stored (Post-Read control).
+        """
+        resource_type = self.resource_type(type_name)
+        mapping = self.mapping(resource_type)
+        if not isinstance(body, MappingABC):
+            raise InvalidSyntax("the request body must be a JSON object (the resource)")
+        attrs = to_ldap(body, mapping, strict=strict, resolve_reference=self.resolver())
+        for ldap_attr, value in mapping.defaults:
+            if not any(k.lower() == ldap_attr.lower() for k in attrs):
+                attrs[ldap_attr] = [value]
+        self._derive(mapping, attrs)
+        self._require(mapping, attrs)
+        parent = self._parent(resource_type, parent)
+        resource_id = str(uuid.uuid4())
+        dn = f"didmosUUID={resource_id},{parent}"
+        subject = self.pdp.subject(actor)
+        self._authorize(actor, subject, "create", resource_type, dn, resource_id, attrs)
+        for attr, values in self.pdp.new_entry_attributes(type_name).items():
+            attrs[attr] = list(dict.fromkeys([*attrs.get(attr, []), *values]))
+        attrs["objectClass"] = list(dict.fromkeys([*mapping.object_classes, *attrs.get("objectClass", [])]))
+        attrs["didmosUUID"] = [resource_id]
+        user_name = mapping.core.attribute("userName")
+        generate = user_name is not None and user_name.ldap and user_name.ldap not in attrs
+        for attempt in range(USER_NAME_ATTEMPTS if generate else 1):
+            if generate:
+                attrs[user_name.ldap] = [self._user_name(resource_type, attrs, attempt)]
+                self._derive(mapping, attrs)
+            try:
+                entry = self.directory.add(dn, attrs, actor=actor, read_back=self._read_back(mapping))
+                break
+            except AlreadyExists as exc:
+                if not generate or "unique" not in exc.message:
+                    raise self._taken(exc, mapping, attrs) from None
+        else:
+            raise AlreadyExists(f"no free userName after {USER_NAME_ATTEMPTS} generated names")
+        resource = self._render([entry], resource_type, mapping, base_url)[0]
+        decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
+        return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
+
+    def _taken(self, exc: AlreadyExists, mapping: Mapping, attrs: dict) -> AlreadyExists:
+        user_name = mapping.core.attribute("userName")
+        if user_name is not None and user_name.ldap in attrs and "unique" in exc.message:
+            return AlreadyExists(f"userName {attrs[user_name.ldap][0]!r} is taken", detail={"attribute": "userName"})
+        return exc
+
+    def _user_name(self, resource_type: ResourceType, attrs: dict, attempt: int) -> str:
+        name = self.host.hook.didmos_user_name(resource_type=resource_type, attributes=attrs, attempt=attempt)
+        if not isinstance(name, str) or not name:
+            raise DidmosError(f"the didmos_user_name hook returned {name!r}, not a user name")
+        return name
+
+    def _parent(self, resource_type: ResourceType, parent: str | None) -> str:
+        base = self.host.settings.ldap.base_dn
+        if parent is None:
+            parent = self.host.settings.get(resource_type.base) if resource_type.base else None
+            if not parent:
+                raise DidmosError(f"resource type {resource_type.name} has no default parent (setting "
+                                  f"{resource_type.base!r})")
+            return parent
+        try:
+            normalized = normalize_dn(parent)
+        except ldap.DECODING_ERROR:
+            raise InvalidValue(f"{parent!r} is not a DN") from None
+        if not (normalized == normalize_dn(base) or normalized.endswith("," + normalize_dn(base))):
+            raise InvalidValue(f"{parent!r} is not inside the directory's base {base}")
+        if self.directory.get(parent, ["1.1"]) is None:
+            raise NotFound(f"no entry {parent} to create the {resource_type.name} under")
+        return parent
+
+    @staticmethod
+    def _derive(mapping: Mapping, attrs: dict[str, list[str]]) -> None:
+        """Fill what the seeds derive: displayName and name.formatted (cn) from the name parts, and
+        the surname a person entry must have."""
+        classes = {oc.lower() for oc in mapping.object_classes}
+        if not classes & {"inetorgperson", "person", "organizationalperson"}:
+            if "didmosgroup" in classes or "groupofnames" in classes:
+                attrs.setdefault("cn", attrs.get("displayName", []))
+            return
+        given, family = (attrs.get("givenName") or [""])[0], (attrs.get("sn") or [""])[0]
+        full = " ".join(part for part in (given, family) if part)
+        full = full or (attrs.get("displayName") or attrs.get("cn") or attrs.get("uid") or [""])[0]
+        if not full:
+            return
+        attrs.setdefault("displayName", [full])
+        attrs.setdefault("cn", [full])
+        attrs.setdefault("sn", [full])
+
+    @staticmethod
+    def _require(mapping: Mapping, attrs: dict[str, list[str]]) -> None:
+        for attribute in mapping.core.attributes:
+            if attribute.required and attribute.name != "userName" and attribute.ldap and not attrs.get(attribute.ldap):
+                raise InvalidValue(f"{attribute.name} is required")
+
+    def _authorize(self, actor: Actor, subject, operation: str, resource_type: ResourceType, dn: str,
+                   resource_id: str, attrs) -> None:
+        """The PDP's decision on ``operation`` over the LDAP attributes ``attrs``: 403 naming what is denied."""
+        decision = self.pdp.decide(actor, Action(operation, resource_type.name, dn), subject)
+        granted, allowed = bool(decision), (decision.attributes if decision else frozenset())
+        if operation.startswith("modify-"):
+            broad = self.pdp.decide(actor, Action("write", resource_type.name, dn), subject)  # any change
+            if broad:
+                allowed = None if (granted and allowed is None) or broad.attributes is None \
+                    else (allowed if granted else frozenset()) | broad.attributes
+                granted = True
+        if not granted:
+            raise Forbidden(f"not allowed to {operation} {resource_type.name} {resource_id}")
+        if allowed is None:
+            return
+        permitted = {a.lower() for a in allowed}
+        denied = sorted({a for a in attrs if a.lower() not in permitted and a.lower() not in ("objectclass",)})
+        if denied:
+            names = self._scim_names(self.mapping(resource_type), denied)
+            raise Forbidden(f"not allowed to {operation} {', '.join(names)} of {resource_type.name} {resource_id}",
+                            detail={"attributes": names})
+
+    @staticmethod
+    def _scim_names(mapping: Mapping, ldap_attrs) -> list[str]:
+        """``["sn", "title"]`` -> ``["name.familyName", "title"]``, for messages."""
+        found = []
+        for ldap_attr in ldap_attrs:
+            name = ldap_attr
+            for _, attribute in mapping.attributes():
+                if ldap_attr.lower() not in {a.lower() for a in attribute.ldap_attributes}:
+                    continue
+                sub = next((s for s in attribute.sub_attributes if s.ldap and s.ldap.lower() == ldap_attr.lower()),
+                           None)
+                name = f"{attribute.name}.{sub.name}" if sub and not attribute.by_type else attribute.name
+                break
+            found.append(name)
+        return found
+
+    def _authorize_changes(self, actor: Actor, subject, resource_type: ResourceType, entry, modlist) -> None:
+        by_operation: dict[str, list[str]] = {}
+        for op, attr, values in modlist:
+            operation = "modify-del" if op == ldap.MOD_REPLACE and not values else PDP_OPERATIONS[op]
+            by_operation.setdefault(operation, []).append(attr)
+        for operation, attrs in by_operation.items():
+            self._authorize(actor, subject, operation, resource_type, entry.dn, entry.first("didmosUUID"), attrs)
+
+    @staticmethod
+    def assertion(if_match: str | None):
+        """An LDAP filter for ``If-Match`` (``W/"<entryCSN>"``, several, or ``*``); None when absent."""
+        if if_match is None or if_match.strip() == "*":
+            return None
+        versions = []
+        for tag in if_match.split(","):
+            tag = tag.strip()
+            if tag.startswith("W/"):
+                tag = tag[2:]
+            tag = tag.strip('"')
+            if tag:
+                versions.append(eq("entryCSN", tag))
+        if not versions:
+            raise PreconditionFailed(f"If-Match {if_match!r} names no version")
+        return str(any_of(*versions)) if len(versions) > 1 else str(versions[0])
+
+    def _modify(self, actor, subject, resource_type, mapping, entry, changes: Changes, if_match, base_url):
+        self._complete(mapping, changes)
+        modlist = changes.modlist()
+        if modlist:
+            self._authorize_changes(actor, subject, resource_type, entry, modlist)
+            entry = self.directory.modify(entry.dn, modlist, actor=actor, if_match=self.assertion(if_match),
+                                          permissive=True, read_back=self._read_back(mapping))
+        else:
+            if if_match is not None and self.assertion(if_match) is not None:
+                current = f'W/"{entry.first("entryCSN")}"'
+                tags = {t.strip() for t in if_match.split(",")}
+                if current not in tags and current[2:] not in tags:
+                    raise PreconditionFailed(f"{entry.dn} was changed since it was read")
+            if any(a.ldap and a.ldap.lower() not in changes.loaded for _, a in mapping.attributes()
+                   if a.type == "complex" and a.multi_valued and a.ldap and a.mutability != "readOnly"):
+                entry = self.directory.get(entry.dn, self._read_back(mapping), actor=actor)
+        resource = self._render([entry], resource_type, mapping, base_url)[0]
+        decision = self.pdp.decide(actor, Action("read", resource_type.name, entry.dn), subject)
+        return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
+
+    def _complete(self, mapping: Mapping, changes: Changes) -> None:
+        """After a PUT or PATCH: what must not be empty (a person's cn and sn) is derived again."""
+        touched = {k for k, v in changes.values.items() if not v}
+        if not touched & {"cn", "sn", "displayname"}:
+            return
+        state = {attr: changes.current(attr) for attr in ("givenName", "sn", "displayName", "cn", "uid")}
+        state = {k: v for k, v in state.items() if v}
+        self._derive(mapping, state)
+        for attr in ("displayName", "cn", "sn"):
+            if attr.lower() in touched and attr in state and mapping_has(mapping, attr):
+                changes.set(attr, state[attr], multi=False)
+
+    def replace(self, type_name: str, resource_id: str, body: Any, actor: Actor, *, base_url: str,
+                strict: bool = True, if_match: str | None = None) -> tuple[dict, Any]:
+        """PUT (RFC 7644 3.5.1): the mapped, writable attributes become the body's; nothing else changes."""
+        if not isinstance(body, MappingABC):
+            raise InvalidSyntax("the request body must be a JSON object (the resource)")
+        resource_type, mapping, entry = self._entry(type_name, resource_id, lambda m: m.ldap_attributes())
+        subject = self.pdp.subject(actor)
+        desired = to_ldap(body, mapping, strict=strict, resolve_reference=self.resolver())
+        changes = Changes(entry, mapping, loaded=set(mapping.ldap_attributes()), strict=strict,
+                          resolve_reference=self.resolver())
+        changes.replace_all(desired, body)
+        user_name = mapping.core.attribute("userName")
+        if user_name is not None and user_name.ldap and not changes.values.get(user_name.ldap.lower()):
+            changes.values.pop(user_name.ldap.lower(), None)  # a PUT without userName keeps it
+        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url)
+
+    def patch(self, type_name: str, resource_id: str, body: Any, actor: Actor, *, base_url: str,
+              strict: bool = True, if_match: str | None = None) -> tuple[dict, Any]:
+        """PATCH (RFC 7644 3.5.2): all operations as one LDAP modify; large member lists are not read."""
+        operations = operations_of(body)
+        big = {a.ldap.lower() for _, a in self._mapping_of(type_name).attributes()
+               if a.type == "complex" and a.ldap and a.multi_valued}
+        resource_type, mapping, entry = self._entry(
+            type_name, resource_id, lambda m: [a for a in m.ldap_attributes() if a.lower() not in big])
+        subject = self.pdp.subject(actor)
+        changes = Changes(entry, mapping, loaded={a for a in mapping.ldap_attributes() if a.lower() not in big},
+                          strict=strict, resolve_reference=self.resolver(),
+                          reference_items=lambda attribute: self._reference_items(entry.dn, attribute, base_url))
+        changes.patch(operations)
+        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url)
+
+    def project(self, resource: dict, type_name: str, attributes, excluded) -> dict:
+        return project(resource, self._mapping_of(type_name), attributes, excluded)
+
+    def _mapping_of(self, type_name: str) -> Mapping:
+        return self.mapping(self.resource_type(type_name))
+
+    def _reference_items(self, dn: str, attribute: Attribute, base_url: str) -> list[tuple[str, dict]]:
+        """The current values of a reference attribute as (DN, SCIM value), for a value filter on them."""
+        entry = self.directory.get(dn, [attribute.ldap])
+        dns = entry.values(attribute.ldap) if entry else []
+        found = self.directory.get_many(dns, ["didmosUUID", "displayName", "cn", "objectClass"]) if dns else {}
+        items = []
+        for member in dns:
+            ref = found.get(normalize_dn(member))
+            if ref is None:
+                continue
+            classes = {oc.lower() for oc in ref.values("objectClass")}
+            ref_type = "Group" if classes & GROUP_CLASSES else "User"
+            ref_id = ref.first("didmosUUID")
+            items.append((member, {"value": ref_id, "display": ref.first("displayName") or ref.first("cn"),
+                                   "type": ref_type, "$ref": f"{base_url}/{ref_type}s/{ref_id}"}))
+        return items
+
+    def delete(self, type_name: str, resource_id: str, actor: Actor, *, if_match: str | None = None) -> None:
+        """DELETE (RFC 7644 3.6): one LDAP delete, with the If-Match version asserted."""
+        resource_type, _, entry = self._entry(type_name, resource_id, lambda m: [])
+        subject = self.pdp.subject(actor)
+        self._authorize(actor, subject, "delete", resource_type, entry.dn, resource_id, ())
+        self.directory.delete(entry.dn, actor=actor, if_match=self.assertion(if_match))
+
+
+def mapping_has(mapping: Mapping, ldap_attr: str) -> bool:
+    return any(a.lower() == ldap_attr.lower() for a in mapping.ldap_attributes())
+
+
+# -- attributes and excludedAttributes (RFC 7644 3.4.2.5) ---------------------------------------------
+
+#: Returned whatever ``attributes`` says (RFC 7643 returned "always").
+ALWAYS = ("id", "schemas")
+
+
+def _split(mapping: Mapping, name: str) -> tuple[str | None, str, str | None]:
+    """``urn:...:User:name.givenName`` -> (extension URN or None for core, "name", "givenName")."""
+    path = mapping.resolve(name)
+    urn = None if path.schema is mapping.core else path.schema.id
+    return urn, path.attribute.name, path.sub.name if path.sub else None
+
+
+def project(resource: dict, mapping: Mapping, attributes: list[str] | None, excluded: list[str] | None) -> dict:
+    """The resource with only ``attributes`` (plus id and schemas), or without ``excluded``.
+
+    Names are SCIM paths, case-insensitive; an unknown name is a 400 ``invalidValue``... except that
+    ``meta`` (and its sub-attributes) may be named too.
+    """
+    def parse(names: list[str]) -> list[tuple[str | None, str, str | None]]:
+        parsed = []
+        for name in names:
+            head = name.split(".", 1)
+            if head[0].lower() in ("meta", "id", "externalid", "schemas"):
+                key = {"meta": "meta", "id": "id", "externalid": "externalId", "schemas": "schemas"}[head[0].lower()]
+                parsed.append((None, key, head[1] if len(head) > 1 else None))
+                continue
+            try:
+                parsed.append(_split(mapping, name))
+            except ValueError as exc:
+                raise ScimError(f"{name!r}: {exc}", status=400, scim_type="invalidValue") from None
+        return parsed
+
+    def find(container: dict, name: str) -> str | None:
+        return next((k for k in container if k.lower() == name.lower()), None)
+
+    if attributes:
+        kept: dict[str, Any] = {key: resource[key] for key in ALWAYS if key in resource}
+        if "location" in resource:
+            kept["location"] = resource["location"]
+        for urn, name, sub in parse(attributes):
+            source = resource if urn is None else resource.get(urn, {})
+            key = find(source, name)
+            if key is None:
+                continue
+            target = kept if urn is None else kept.setdefault(urn, {})
+            value = source[key]
+            if sub is None:
+                target[key] = value
+            elif isinstance(value, dict):
+                sub_key = find(value, sub)
+                if sub_key is not None:
+                    target.setdefault(key, {})[sub_key] = value[sub_key]
+            elif isinstance(value, list):
+                picked = [{k: v for k, v in item.items() if k.lower() == sub.lower()} for item in value
+                          if isinstance(item, dict)]
+                existing = target.get(key)
+                if isinstance(existing, list) and len(existing) == len(picked):
+                    target[key] = [{**a, **b} for a, b in zip(existing, picked)]
+                else:
+                    target[key] = picked
+        return kept
+    result = dict(resource)
+    for urn, name, sub in parse(excluded or []):
+        if urn is None and name in ALWAYS:
+            continue
+        container = result if urn is None else result.get(urn)
+        if not isinstance(container, dict):
+            continue
+        if urn is not None:
+            container = result[urn] = dict(container)
+        key = find(container, name)
+        if key is None:
+            continue
+        if sub is None:
+            del container[key]
+        elif isinstance(container[key], dict):
+            container[key] = {k: v for k, v in container[key].items() if k.lower() != sub.lower()}
+        elif isinstance(container[key], list):
+            container[key] = [{k: v for k, v in item.items() if k.lower() != sub.lower()}
+                              for item in container[key] if isinstance(item, dict)]
+    return result
