@@ -9,6 +9,9 @@ Any project with ``didmos-host`` installed gets them (entry point ``pytest11``):
     a real redis-server without persistence (session-scoped).
 ``didmos_overrides``
     the settings overrides that point didmos at those two servers.
+``didmos_own_overrides``
+    the same with a slapd of the test module's own (module-scoped), for tests that must see only
+    what they wrote.
 ``make_app``
     ``make_app(*plugins, **overrides)`` builds an app with throwaway ``plugins`` registered for this
     test only (objects or modules with ``@hookimpl`` functions) and extra settings ``overrides``.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -39,17 +43,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-@pytest.fixture(scope="session")
-def didmos_slapd(tmp_path_factory) -> Iterator[Any]:
-    """A started :class:`~didmos_host.servers.SlapdServer` with migrations and base entries applied."""
+@contextmanager
+def running_slapd(path) -> Iterator[Any]:
+    """A started :class:`~didmos_host.servers.SlapdServer` in ``path`` with migrations and base entries
+    applied, stopped on exit."""
     from didmos_host.directory import init_directory
     from didmos_host.host import Host
     from didmos_host.servers import SlapdServer, free_port
 
-    server = SlapdServer(
-        tmp_path_factory.mktemp("slapd"), port=free_port(), rootpw=secrets.token_urlsafe(16),
-        password_hash="{SSHA}", nosync=True,
-    )
+    server = SlapdServer(path, port=free_port(), rootpw=secrets.token_urlsafe(16), password_hash="{SSHA}",
+                         nosync=True)
     server.start()
     server.service_password = secrets.token_urlsafe(16)
     try:
@@ -58,6 +61,22 @@ def didmos_slapd(tmp_path_factory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def didmos_slapd(tmp_path_factory) -> Iterator[Any]:
+    """A started :class:`~didmos_host.servers.SlapdServer` with migrations and base entries applied."""
+    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def didmos_own_overrides(tmp_path_factory, didmos_redis) -> Iterator[dict[str, Any]]:
+    """Like ``didmos_overrides``, with a slapd of the test module's own (about a second to start): for
+    tests that need a directory only they write to, such as checks expecting what they created on the
+    first page of an unfiltered list."""
+    with running_slapd(tmp_path_factory.mktemp("own-slapd")) as server:
+        yield _merge(_directory_overrides(server), {"redis": {"url": didmos_redis.url}})
 
 
 def _directory_overrides(server) -> dict[str, Any]:

@@ -63,6 +63,18 @@ def test_modify_with_post_read_and_if_match(directory, branch):
     assert directory.get(dn) is None
 
 
+def test_if_match_on_a_unique_attribute(directory, branch):
+    """slapo-unique's own search fails with the request's assertion; the version is still checked."""
+    dn = f"uid=ulla,{branch}"
+    csn = directory.add(dn, person("ulla"), read_back=["entryCSN"]).first("entryCSN")
+    renamed = directory.modify(dn, [(ldap.MOD_REPLACE, "uid", ["ulla", "ulla2"])], if_match=f"(entryCSN={csn})",
+                               read_back=["uid", "entryCSN"])
+    assert sorted(renamed.values("uid")) == ["ulla", "ulla2"]
+    with pytest.raises(PreconditionFailed):
+        directory.modify(dn, [(ldap.MOD_REPLACE, "uid", ["ulla", "ulla3"])], if_match=f"(entryCSN={csn})")
+    assert sorted(directory.get(dn, ["uid"]).values("uid")) == ["ulla", "ulla2"]
+
+
 def test_permissive_modify_makes_membership_changes_idempotent(directory, branch):
     group = f"cn=g,{branch}"
     directory.add(group, {"objectClass": ["groupOfNames"], "cn": ["g"], "member": [f"uid=x,{branch}"]})

@@ -119,6 +119,16 @@ class PolicyDecisionPoint:
             return {}
         return {"objectClass": ["didmosRoleHolder"], "didmosRoleAssignment": [self.dn("roles", r) for r in roles]}
 
+    def role_summary(self, assignments) -> tuple[list[str], bool]:
+        """For an entry's ``didmosRoleAssignment`` DNs: its authorized roles (assigned and inherited,
+        sorted) and whether any of them grants more than the holder's own entry (the LUI extension's
+        ``roles`` and ``adminAccess``)."""
+        policy = self.policy()
+        roles = sorted(policy.authorized_roles_of(rdn_value(dn) for dn in assignments))
+        admin = any(policy.permissions[name].scope.kind != "self"
+                    for role in roles for name in policy.roles[role].permissions if name in policy.permissions)
+        return roles, admin
+
     def subject(self, actor: Actor) -> Subject:
         """The actor's assigned roles, read from its entry (from the entry cache when enabled)."""
         entry = self.directory.get(actor.dn, ["didmosRoleAssignment"])

@@ -20,7 +20,7 @@ from didmos_host.errors import DidmosError
 from didmos_scim.mapping import Attribute, Mapping, Schema
 
 #: Attributes every resource has and the mapping does not describe.
-COMMON = {"id", "schemas", "meta", "externalid"}
+COMMON = {"id", "schemas", "meta"}
 
 
 class InvalidValue(DidmosError):
@@ -156,6 +156,9 @@ def to_scim(entry, mapping: Mapping, *, resource_type: str, base_url: str,
         if schema is not mapping.core and target:
             resource[schema.id] = target
             resource["schemas"].append(schema.id)
+    external = mapping.external_attribute
+    if external is not None and entry.first(external.ldap) is not None:
+        resource["externalId"] = entry.first(external.ldap)
     resource["meta"] = {
         "resourceType": resource_type,
         "created": generalized_to_rfc3339(entry.first("createTimestamp")),
@@ -266,8 +269,12 @@ def to_ldap(body: MappingABC[str, Any], mapping: Mapping, *, strict: bool,
     resolve = resolve_reference or no_references
     out: dict[str, list[str]] = {}
     extension_ids = {s.id.lower(): s for s in mapping.extensions}
+    external = mapping.external_attribute
     for key, value in body.items():
         if key.lower() in COMMON:
+            continue
+        if key.lower() == "externalid" and external is not None:
+            _write_attribute(external, value, key, out, resolve)
             continue
         schema: Schema | None = extension_ids.get(key.lower())
         if schema is not None:

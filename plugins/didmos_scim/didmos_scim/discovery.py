@@ -16,7 +16,7 @@ handlers never ask.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flask
@@ -25,7 +25,7 @@ from didmos_host.api import Blueprint
 from didmos_host.app import current_host
 from didmos_host.errors import DidmosError
 from didmos_host.records import ResourceType
-from didmos_scim.mapping import Attribute, Mapping, Schema
+from didmos_scim.mapping import LUI, Attribute, Mapping, Schema
 from didmos_scim.resources import DEFAULT_COUNT, LIST_RESPONSE, MAX_RESULTS, respond
 from didmos_scim.service import ScimError
 
@@ -156,6 +156,7 @@ def _attribute(attribute: Attribute, canonical_values: tuple[str, ...] = ()) -> 
         "description": attribute.description,
         "required": attribute.required,
     }
+    canonical_values = canonical_values or attribute.canonical_values
     if canonical_values:
         document["canonicalValues"] = list(canonical_values)
     document.update({
@@ -167,7 +168,8 @@ def _attribute(attribute: Attribute, canonical_values: tuple[str, ...] = ()) -> 
     if attribute.type == "complex":
         types = tuple(value_type for value_type, _ in attribute.by_type)
         document["subAttributes"] = [
-            _attribute(sub, types if sub.name.lower() == "type" else ()) for sub in attribute.sub_attributes
+            _attribute(sub, (types if sub.name.lower() == "type" else ()) or sub.canonical_values)
+            for sub in attribute.sub_attributes
         ]
     if attribute.type == "reference":
         document["referenceTypes"] = list(attribute.reference_types)
@@ -179,14 +181,20 @@ def registered(host) -> list[tuple[ResourceType, Mapping]]:
 
     A type no plugin maps is not served through SCIM at all, so it is left out rather than making
     discovery fail for every client.
+
+    The LUI extension (``urn:scim:schemas:custom:daasi:lui:2.0``) belongs to the LUI mount: its URN
+    ends in a version, not a name, so RFC 7644 attribute paths cannot address it, and generic clients
+    (scim2-models among them) fail on it. The strict mount does not publish it.
     """
     service = host.service("scim")
     found = []
     for resource_type in host.resource_types.values():
         try:
-            found.append((resource_type, service.mapping(resource_type)))
+            mapping = service.mapping(resource_type)
         except DidmosError:
             continue
+        found.append((resource_type, replace(mapping, extensions=tuple(
+            extension for extension in mapping.extensions if extension.id != LUI))))
     return found
 
 

@@ -696,6 +696,8 @@ class _Translator:
                             path.position) from None
         attribute, sub = resolved.attribute, resolved.sub
         name = attribute.name + (f".{sub.name}" if sub else "")
+        if attribute.returned == "never":  # filtering would tell which resources have a password
+            raise self.fail(f"{name} is never returned, so it cannot be filtered on", path.position)
         if attribute.by_type:  # emails, phoneNumbers
             if sub is None or sub.name.lower() == "value":
                 return _Target("value", name, tuple(a for _, a in attribute.by_type), "string", attribute)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-ORGANIZATION = "urn:scim:schemas:custom:daasi:organization:2.0"
+ORGANIZATION = "urn:didmos:params:scim:schemas:core:2.0:Organization"
 LUI = "urn:scim:schemas:custom:daasi:lui:2.0"
 
 TYPES = ("string", "boolean", "decimal", "integer", "dateTime", "reference", "binary", "complex")
@@ -49,6 +49,8 @@ class Attribute:
     description: str = ""
     sub_attributes: tuple[Attribute, ...] = ()
     reference_types: tuple[str, ...] = ()
+    #: The values a client should use (RFC 7643 2.3.1), e.g. ("User", "Group") for members.type.
+    canonical_values: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -125,6 +127,19 @@ class Mapping:
     rdn_attribute: str = "didmosUUID"
     #: LDAP values a new entry gets when the created resource does not say: ``(("didmosActive", "TRUE"),)``.
     defaults: tuple[tuple[str, str], ...] = ()
+    #: Auxiliary object classes every entry of the type should have: new entries get them, and a
+    #: modify of an entry that lacks one adds it in the same operation.
+    auxiliary_classes: tuple[str, ...] = ("didmosScimObject",)
+    #: Where ``externalId`` (RFC 7643 3.1, a common attribute outside the schemas) is stored; None: nowhere.
+    external_id: str | None = "didmosExternalId"
+
+    @property
+    def external_attribute(self) -> Attribute | None:
+        """``externalId`` as an attribute definition (caseExact, set by the provisioning client)."""
+        if not self.external_id:
+            return None
+        return Attribute("externalId", "string", self.external_id, case_exact=True,
+                         description="The identifier the provisioning client knows the resource by")
 
     @property
     def schemas(self) -> tuple[Schema, ...]:
@@ -139,6 +154,9 @@ class Mapping:
         Names are case-insensitive; a schema URN prefix selects the schema, otherwise the core schema
         (then the extensions) is searched. Raises :class:`UnknownAttribute` naming the path.
         """
+        external = self.external_attribute
+        if external is not None and path.lower() in ("externalid", f"{self.core.id.lower()}:externalid"):
+            return Path(self.core, external)
         schemas: tuple[Schema, ...] = self.schemas
         rest = path
         for schema in sorted(self.schemas, key=lambda s: -len(s.id)):  # longest URN first
@@ -159,9 +177,12 @@ class Mapping:
         raise UnknownAttribute(f"unknown attribute {path!r}")
 
     def attributes(self) -> Iterator[tuple[Schema, Attribute]]:
+        """Every attribute of every schema, then ``externalId`` (as if in the core schema)."""
         for schema in self.schemas:
             for attribute in schema.attributes:
                 yield schema, attribute
+        if self.external_attribute is not None:
+            yield self.core, self.external_attribute
 
     def ldap_attributes(self) -> tuple[str, ...]:
         """Every LDAP attribute the mapping reads (the attribute list of its searches)."""
@@ -184,23 +205,27 @@ def _s(name, ldap=None, **kw) -> Attribute:
     return Attribute(name, "string", ldap, **kw)
 
 
+# ``primary`` is computed (the first value of the first type) and ``display`` is not stored: both are
+# read-only and returned on request only, so a client that writes a list reads back what it wrote.
 _TYPED_VALUE = (
     Attribute("value", "string"),
     Attribute("type", "string"),
-    Attribute("primary", "boolean"),
-    Attribute("display", "string", mutability="readOnly"),
+    Attribute("primary", "boolean", mutability="readOnly", returned="request"),
+    Attribute("display", "string", mutability="readOnly", returned="request"),
 )
 
 USER_SCHEMA = Schema(USER, "User", "User Account", (
     _s("userName", "uid", required=True, uniqueness="server",
        description="Unique identifier for the user; generated when absent"),
-    Attribute("name", "complex", sub_attributes=(
+    # required: LDAP persons must have cn and sn; a create without a name derives them from userName
+    Attribute("name", "complex", required=True, sub_attributes=(
         _s("formatted", "cn"), _s("familyName", "sn"), _s("givenName", "givenName"),
-        _s("middleName"), _s("honorificPrefix"), _s("honorificSuffix"),
+        _s("middleName", "didmosMiddleName"), _s("honorificPrefix", "didmosHonorificPrefix"),
+        _s("honorificSuffix", "didmosHonorificSuffix"),
     ), description="The components of the user's name"),
     _s("displayName", "displayName"),
-    _s("nickName"),
-    Attribute("profileUrl", "reference", reference_types=("external",)),
+    _s("nickName", "didmosNickName"),
+    Attribute("profileUrl", "reference", "labeledURI", reference_types=("external",)),
     _s("title", "title"),
     _s("userType", "didmosUserType"),
     _s("preferredLanguage", "preferredLanguage"),
@@ -212,10 +237,10 @@ USER_SCHEMA = Schema(USER, "User", "User Account", (
     Attribute("phoneNumbers", "complex", multi_valued=True,
               by_type=(("work", "telephoneNumber"), ("mobile", "mobile"), ("home", "homePhone"),
                        ("fax", "facsimileTelephoneNumber"), ("pager", "pager")), sub_attributes=_TYPED_VALUE),
+    # one address is kept (LDAP has one set of postal attributes per entry)
     Attribute("addresses", "complex", multi_valued=True, sub_attributes=(
         _s("formatted", "postalAddress"), _s("streetAddress", "street"), _s("locality", "l"),
-        _s("region", "st"), _s("postalCode", "postalCode"), _s("country"), _s("type"),
-        Attribute("primary", "boolean"),
+        _s("region", "st"), _s("postalCode", "postalCode"), _s("country", "didmosCountry"),
     )),
     Attribute("groups", "complex", "memberOf", multi_valued=True, mutability="readOnly", sub_attributes=(
         Attribute("value", "string", mutability="readOnly"),
@@ -227,14 +252,14 @@ USER_SCHEMA = Schema(USER, "User", "User Account", (
 
 ENTERPRISE_SCHEMA = Schema(ENTERPRISE, "EnterpriseUser", "Enterprise User", (
     _s("employeeNumber", "employeeNumber"),
-    _s("costCenter"),
+    _s("costCenter", "didmosCostCenter"),
     _s("organization", "o"),
     _s("division", "businessCategory"),
     _s("department", "ou"),
     Attribute("manager", "complex", "manager", sub_attributes=(
         Attribute("value", "string"),
         Attribute("$ref", "reference", reference_types=("User",)),
-        Attribute("displayName", "string", mutability="readOnly"),
+        Attribute("displayName", "string", mutability="readOnly", returned="request"),
     ), description="The user's manager (LDAP manager, a DN)"),
 ))
 
@@ -248,8 +273,8 @@ GROUP_SCHEMA = Schema(GROUP, "Group", "Group", (
     Attribute("members", "complex", "member", multi_valued=True, sub_attributes=(
         Attribute("value", "string", mutability="immutable"),
         Attribute("$ref", "reference", mutability="immutable", reference_types=("User", "Group")),
-        Attribute("display", "string", mutability="readOnly"),
-        Attribute("type", "string", mutability="immutable"),
+        Attribute("display", "string", mutability="readOnly", returned="request"),
+        Attribute("type", "string", mutability="immutable", canonical_values=("User", "Group")),
     ), description="Members: users and nested groups (LDAP member DNs)"),
     _s("description", "description"),
 ))

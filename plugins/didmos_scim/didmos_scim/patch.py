@@ -209,6 +209,16 @@ class Changes:
                     raise NoTarget(f"{where}: remove needs a path")
                 self._pathless(op, value, where)
                 continue
+            schema = self.mapping.schema(path) if isinstance(path, str) else None
+            if schema is not None and schema is not self.mapping.core:
+                # the path is an extension's URN: its value holds that extension's attributes
+                if op == "remove":
+                    for attribute in schema.attributes:
+                        if attribute.mutability not in ("readOnly",) and not attribute.required:
+                            self.apply(op, PatchPath(Path(schema, attribute)), None, f"{where} ({path})")
+                    continue
+                self._pathless(op, {schema.id: value}, where)
+                continue
             try:
                 target = parse_path(path, self.mapping)
             except InvalidPath:
@@ -232,7 +242,8 @@ class Changes:
                 if schema is not None and schema is not self.mapping.core:
                     if not isinstance(sub_value, MappingABC):
                         raise InvalidValue(f"{where}: {key} must be an object of that extension's attributes")
-                    pairs = [(f"{schema.id}:{name}", v) for name, v in sub_value.items()]
+                    pairs = [(f"{schema.id}:{name}", v) for name, v in sub_value.items()
+                             if name.lower() not in COMMON]
                 else:
                     pairs = [(key, sub_value)]
                 for name, attribute_value in pairs:

@@ -48,10 +48,11 @@ def didmos_services(host):
 
 @hookimpl(trylast=True)
 def didmos_blueprints(app):
+    from didmos_scim.bulk import bulk
     from didmos_scim.discovery import discovery
     from didmos_scim.resources import lui, scim
 
-    return [scim, discovery, lui]
+    return [scim, discovery, bulk, lui]
 
 
 SCIM_PREFIXES = ("/scim/v2", "/lui2_backend/v2")

@@ -112,8 +112,18 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
             projection=(None, None)) -> dict:
     """The mount's shape of one resource."""
     if mount.lui:
-        operations = current_host().service("pdp").operations(current_actor(), type_name, entry.dn)
-        block = _lui_operations(operations)
+        pdp = current_host().service("pdp")
+        block = _lui_operations(pdp.operations(current_actor(), type_name, entry.dn))
+        if type_name == "User":
+            # the seeds' User: groups always present, the first mail also as "email", and the LUI
+            # extension saying which roles the user holds and whether they reach beyond its own entry
+            resource.setdefault("groups", [])
+            if resource.get("emails"):
+                resource["email"] = resource["emails"][0]["value"]
+            roles, admin = pdp.role_summary(entry.values("didmosRoleAssignment"))
+            resource[LUI] = {"adminAccess": admin, "roles": roles}
+            if LUI not in resource["schemas"]:
+                resource["schemas"].append(LUI)
         meta = resource["meta"]
         meta[LUI] = {"operations": {entry.dn: block}} if keyed_operations else {"operations": block}
         if entry.first("createTimestamp"):
@@ -123,6 +133,7 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
         meta.pop("lastModified", None)
     else:
         resource.pop("location", None)  # the LUI list of ancestors is not RFC 7643
+        resource = service().strip_request_only(resource, type_name, projection[0])
     attributes, excluded = projection
     if attributes or excluded:
         resource = service().project(resource, type_name, attributes, excluded)
@@ -131,7 +142,8 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
 
 def _lui_operations(operations: dict) -> dict:
     """``{"read": None, "modify-replace": {"displayName"}}`` -> the seeds' ``{"entry": [...], "attributes": {...}}``."""
-    entry = sorted(op for op, attrs in operations.items() if attrs is None)
+    # "create" is about entries below, not this one: the seeds' entry lists never show it
+    entry = sorted(op for op, attrs in operations.items() if attrs is None and op != "create")
     attributes: dict[str, list[str]] = {}
     for op, attrs in operations.items():
         for attr in sorted(attrs or ()):

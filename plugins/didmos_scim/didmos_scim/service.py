@@ -88,7 +88,7 @@ class ScimService:
         return all_of(*(eq("objectClass", oc) for oc in resource_type.object_classes))
 
     def _attributes(self, mapping: Mapping) -> list[str]:
-        return ["didmosUUID", "objectClass", *mapping.ldap_attributes(), *VERSION_ATTRIBUTES]
+        return ["didmosUUID", "objectClass", *mapping.ldap_attributes(), *VERSION_ATTRIBUTES, "didmosRoleAssignment"]
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -239,6 +239,8 @@ class ScimService:
         mapping = self.mapping(resource_type)
         if not isinstance(body, MappingABC):
             raise InvalidSyntax("the request body must be a JSON object (the resource)")
+        if not strict:
+            body = tolerate(mapping, body)
         attrs = to_ldap(body, mapping, strict=strict, resolve_reference=self.resolver())
         for ldap_attr, value in mapping.defaults:
             if not any(k.lower() == ldap_attr.lower() for k in attrs):
@@ -252,7 +254,8 @@ class ScimService:
         self._authorize(actor, subject, "create", resource_type, dn, resource_id, attrs)
         for attr, values in self.pdp.new_entry_attributes(type_name).items():
             attrs[attr] = list(dict.fromkeys([*attrs.get(attr, []), *values]))
-        attrs["objectClass"] = list(dict.fromkeys([*mapping.object_classes, *attrs.get("objectClass", [])]))
+        attrs["objectClass"] = list(dict.fromkeys([*mapping.object_classes, *mapping.auxiliary_classes,
+                                                   *attrs.get("objectClass", [])]))
         attrs["didmosUUID"] = [resource_id]
         user_name = mapping.core.attribute("userName")
         generate = user_name is not None and user_name.ldap and user_name.ldap not in attrs
@@ -394,9 +397,17 @@ class ScimService:
         modlist = changes.modlist()
         if modlist:
             self._authorize_changes(actor, subject, resource_type, entry, modlist)
+            have = {oc.lower() for oc in entry.values("objectClass")}
+            missing = [oc for oc in mapping.auxiliary_classes if oc.lower() not in have]
+            if missing:  # an entry made outside didmos: its SCIM attributes need the class
+                modlist = [(ldap.MOD_ADD, "objectClass", missing), *modlist]
             entry = self.directory.modify(entry.dn, modlist, actor=actor, if_match=self.assertion(if_match),
                                           permissive=True, read_back=self._read_back(mapping))
         else:
+            # nothing to change, but the caller must still be one who may change this entry
+            allowed = self.pdp.operations(actor, resource_type.name, entry.dn, subject)
+            if not {"write", "modify-add", "modify-del", "modify-replace"} & set(allowed):
+                raise Forbidden(f"not allowed to modify {resource_type.name} {entry.first('didmosUUID')}")
             if if_match is not None and self.assertion(if_match) is not None:
                 current = f'W/"{entry.first("entryCSN")}"'
                 tags = {t.strip() for t in if_match.split(",")}
@@ -412,12 +423,12 @@ class ScimService:
     def _complete(self, mapping: Mapping, changes: Changes) -> None:
         """After a PUT or PATCH: what must not be empty (a person's cn and sn) is derived again."""
         touched = {k for k, v in changes.values.items() if not v}
-        if not touched & {"cn", "sn", "displayname"}:
+        if not touched & {"cn", "sn"}:
             return
         state = {attr: changes.current(attr) for attr in ("givenName", "sn", "displayName", "cn", "uid")}
         state = {k: v for k, v in state.items() if v}
         self._derive(mapping, state)
-        for attr in ("displayName", "cn", "sn"):
+        for attr in ("cn", "sn"):
             if attr.lower() in touched and attr in state and mapping_has(mapping, attr):
                 changes.set(attr, state[attr], multi=False)
 
@@ -428,6 +439,8 @@ class ScimService:
             raise InvalidSyntax("the request body must be a JSON object (the resource)")
         resource_type, mapping, entry = self._entry(type_name, resource_id, lambda m: m.ldap_attributes())
         subject = self.pdp.subject(actor)
+        if not strict:
+            body = tolerate(mapping, body)
         desired = to_ldap(body, mapping, strict=strict, resolve_reference=self.resolver())
         changes = Changes(entry, mapping, loaded=set(mapping.ldap_attributes()), strict=strict,
                           resolve_reference=self.resolver())
@@ -440,6 +453,8 @@ class ScimService:
     def patch(self, type_name: str, resource_id: str, body: Any, actor: Actor, *, base_url: str,
               strict: bool = True, if_match: str | None = None) -> tuple[dict, Any]:
         """PATCH (RFC 7644 3.5.2): all operations as one LDAP modify; large member lists are not read."""
+        if not strict:
+            body = tolerate_patch(self._mapping_of(type_name), body)
         operations = operations_of(body)
         big = {a.ldap.lower() for _, a in self._mapping_of(type_name).attributes()
                if a.type == "complex" and a.ldap and a.multi_valued}
@@ -454,6 +469,9 @@ class ScimService:
 
     def project(self, resource: dict, type_name: str, attributes, excluded) -> dict:
         return project(resource, self._mapping_of(type_name), attributes, excluded)
+
+    def strip_request_only(self, resource: dict, type_name: str, requested) -> dict:
+        return strip_request_only(resource, self._mapping_of(type_name), requested)
 
     def _mapping_of(self, type_name: str) -> Mapping:
         return self.mapping(self.resource_type(type_name))
@@ -503,8 +521,9 @@ def _split(mapping: Mapping, name: str) -> tuple[str | None, str, str | None]:
 def project(resource: dict, mapping: Mapping, attributes: list[str] | None, excluded: list[str] | None) -> dict:
     """The resource with only ``attributes`` (plus id and schemas), or without ``excluded``.
 
-    Names are SCIM paths, case-insensitive; an unknown name is a 400 ``invalidValue``... except that
-    ``meta`` (and its sub-attributes) may be named too.
+    Names are SCIM paths, case-insensitive, ``meta`` and its sub-attributes included; a name the type
+    does not have selects nothing (RFC 7644 3.4.2.5 does not make it an error, and a root ``.search``
+    names attributes of several types).
     """
     def parse(names: list[str]) -> list[tuple[str | None, str, str | None]]:
         parsed = []
@@ -516,8 +535,8 @@ def project(resource: dict, mapping: Mapping, attributes: list[str] | None, excl
                 continue
             try:
                 parsed.append(_split(mapping, name))
-            except ValueError as exc:
-                raise ScimError(f"{name!r}: {exc}", status=400, scim_type="invalidValue") from None
+            except ValueError:
+                continue  # a name this type does not have (a root .search spans types) selects nothing
         return parsed
 
     def find(container: dict, name: str) -> str | None:
@@ -569,3 +588,68 @@ def project(resource: dict, mapping: Mapping, attributes: list[str] | None, excl
             container[key] = [{k: v for k, v in item.items() if k.lower() != sub.lower()}
                               for item in container[key] if isinstance(item, dict)]
     return result
+
+
+def strip_request_only(resource: dict, mapping: Mapping, requested: list[str] | None) -> dict:
+    """Drop sub-attributes returned only on request (``primary``, ``display``) unless ``requested``
+    names them (RFC 7643 2.4, ``returned: request``)."""
+    wanted = {name.lower() for name in requested or ()}
+    for schema in mapping.schemas:
+        target = resource if schema is mapping.core else resource.get(schema.id)
+        if not isinstance(target, dict):
+            continue
+        for attribute in schema.attributes:
+            hidden = [sub.name for sub in attribute.sub_attributes if sub.returned in ("request", "never")
+                      and f"{attribute.name}.{sub.name}".lower() not in wanted]
+            key = next((k for k in target if k.lower() == attribute.name.lower()), None)
+            if not hidden or key is None:
+                continue
+            items = target[key] if isinstance(target[key], list) else [target[key]]
+            for item in items:
+                if isinstance(item, dict):
+                    for name in hidden:
+                        item.pop(name, None)
+    return resource
+
+
+def tolerate(mapping: Mapping, body: Any) -> Any:
+    """What the original LUI backend accepted in a resource body: ``email`` for ``emails``, and typed
+    values of a type this server does not store (``"type": "home"`` for a mail) as the attribute's
+    first type. Used on the LUI mount only; the strict mount refuses both."""
+    if not isinstance(body, MappingABC):
+        return body
+    body = dict(body)
+    alias = next((k for k in body if isinstance(k, str) and k.lower() == "email"), None)
+    if alias is not None and mapping.core.attribute("emails") is not None:
+        value = body.pop(alias)
+        items = value if isinstance(value, list) else [value]
+        items = [item if isinstance(item, MappingABC) else {"value": item} for item in items]
+        existing = body.get("emails")
+        body["emails"] = (existing if isinstance(existing, list) else []) + items
+    for key, value in list(body.items()):
+        attribute = mapping.core.attribute(key) if isinstance(key, str) else None
+        if attribute is None or not attribute.by_type or not isinstance(value, list):
+            continue
+        known = {t.lower() for t, _ in attribute.by_type}
+        body[key] = [{k: v for k, v in item.items() if k.lower() != "type"}
+                     if isinstance(item, MappingABC) and str(item.get("type", "")).lower() not in known
+                     and item.get("type") is not None else item for item in value]
+    return body
+
+
+def tolerate_patch(mapping: Mapping, body: Any) -> Any:
+    """:func:`tolerate` for the values of a PatchOp's operations (path-less, or path ``email``/``emails``)."""
+    if not isinstance(body, MappingABC) or not isinstance(body.get("Operations"), list):
+        return body
+    operations = []
+    for operation in body["Operations"]:
+        if isinstance(operation, MappingABC):
+            operation = dict(operation)
+            path = operation.get("path")
+            if path is None:
+                operation["value"] = tolerate(mapping, operation.get("value"))
+            elif isinstance(path, str) and path.lower() in ("email", "emails"):
+                operation["path"] = "emails"
+                operation["value"] = tolerate(mapping, {"emails": operation.get("value")}).get("emails")
+        operations.append(operation)
+    return {**body, "Operations": operations}
