@@ -326,6 +326,37 @@ class Directory:
         except NotFound:
             return [], 0
 
+    def window_from(self, base: str, filter: Any, sort: str, *, at: str, count: int, scope: int = SUBTREE,
+                    attrs: Sequence[str] | None = None, actor: Actor | None = None) -> tuple[list[Entry], int, int]:
+        """``count`` entries of a sorted result from the first whose ``sort`` key is >= ``at``: the page
+        after a cursor (keyset paging), stable when entries before it come and go.
+
+        One search with Server Side Sorting and a Virtual List View positioned by value. Returns the
+        entries, the total of the whole result and the 1-based position of the first entry returned.
+        """
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        operation = LdapOperation(kind="search", dn=base, scope=scope, filter=str(filter),
+                                  attributes=list(attrs) if attrs is not None else None)
+        operation.controls.append(SSSRequestControl(criticality=True, ordering_rules=[sort]))
+        operation.controls.append(VLVRequestControl(criticality=True, before_count=0, after_count=count - 1,
+                                                    greater_than_or_equal=at, content_count=0))
+
+        def execute(conn, op):
+            msgid = conn.search_ext(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls)
+            _, data, _, controls = conn.result3(msgid)
+            answer = next((c for c in controls if isinstance(c, VLVResponseControl)), None)
+            if answer is None:
+                raise DidmosError("the directory did not answer the Virtual List View control; "
+                                  "is the sssvlv overlay configured?")
+            entries = [Entry(dn, entry_attrs) for dn, entry_attrs in data if dn is not None]
+            return entries[:count], answer.content_count, answer.target_position
+
+        try:
+            return self._run(operation, actor, execute, pool=self.read_pool, retry_sent=True)
+        except NotFound:
+            return [], 0, 1
+
     def iter_search(self, base: str, filter: Any = "(objectClass=*)", scope: int = SUBTREE,
                     attrs: Sequence[str] | None = None, *, actor: Actor | None = None,
                     page_size: int | None = None) -> Iterator[Entry]:

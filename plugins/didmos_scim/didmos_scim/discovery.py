@@ -49,7 +49,7 @@ class ProviderLimits:
     ``max_operations`` and ``max_payload_size``: the largest bulk request (RFC 7643 section 5);
     ``max_results``: the most resources one list returns; ``default_page_size`` and ``max_page_size``:
     a list's ``count`` when absent and its ceiling; ``cursor_pagination`` and ``cursor_timeout``
-    (seconds a cursor stays valid): RFC 9865 cursors, which didmos does not offer yet.
+    (seconds a cursor stays valid): RFC 9865 cursors; didmos cursors name a resource and never expire.
     """
 
     max_operations: int = 1000
@@ -57,7 +57,7 @@ class ProviderLimits:
     max_results: int = 1000
     default_page_size: int = 100
     max_page_size: int = 1000
-    cursor_pagination: bool = False
+    cursor_pagination: bool = True
     cursor_timeout: int | None = None
 
 

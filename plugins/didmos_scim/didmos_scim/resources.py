@@ -166,12 +166,26 @@ def _list(type_name: str, mount: Mount, source, status_source=None) -> flask.Res
     page = service().list(type_name, actor, base_url=mount.base_url(), filter_text=source.get("filter"),
                           start_index=_int_arg(source, "startIndex", 1), count=count,
                           sort_by=source.get("sortBy"), sort_order=source.get("sortOrder") or "ascending",
-                          with_entries=True)
+                          with_entries=True, cursor=_cursor_arg(source))
     projection = _projection(source)
     resources = [_finish(resource, entry, type_name, mount, projection=projection)
                  for resource, entry in zip(page.resources, page.entries)]
-    return respond({"schemas": [LIST_RESPONSE], "totalResults": page.total, "startIndex": page.start_index,
-                    "itemsPerPage": len(resources), "Resources": resources})
+    body = {"schemas": [LIST_RESPONSE], "totalResults": page.total, "startIndex": page.start_index,
+            "itemsPerPage": len(resources), "Resources": resources}
+    if _cursor_arg(source) is not None:
+        del body["startIndex"]  # RFC 9865: a cursor page has nextCursor instead
+        if page.next_cursor:
+            body["nextCursor"] = page.next_cursor
+    return respond(body)
+
+
+def _cursor_arg(source) -> str | None:
+    cursor = source.get("cursor")
+    if cursor is not None and not isinstance(cursor, str):
+        raise ScimError("cursor must be a string", status=400, scim_type="invalidCursor")
+    if cursor is not None and source.get("startIndex") not in (None, ""):
+        raise ScimError("give cursor or startIndex, not both", status=400, scim_type="invalidValue")
+    return cursor
 
 
 def _search(type_name: str | None, mount: Mount) -> flask.Response:

@@ -7,8 +7,8 @@ the attributes the actor may read.
 
 from __future__ import annotations
 
-import random
-import string
+import base64
+import re
 import uuid
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
@@ -52,6 +52,8 @@ class Page:
     total: int
     start_index: int
     entries: list[Any] = field(default_factory=list)
+    #: With cursor paging (RFC 9865): the cursor of the next page, None on the last page.
+    next_cursor: str | None = None
 
 
 class ScimService:
@@ -109,11 +111,13 @@ class ScimService:
 
     def list(self, type_name: str, actor: Actor, *, base_url: str, filter_text: str | None = None,
              start_index: int = 1, count: int = 100, sort_by: str | None = None,
-             sort_order: str = "ascending", with_entries: bool = False) -> Page:
+             sort_order: str = "ascending", with_entries: bool = False, cursor: str | None = None) -> Page:
         """A page of the resources ``actor`` may read that match ``filter_text``: one LDAP search.
 
         Paging and sorting are the server's (Server Side Sorting with Virtual List View), however large
-        the directory.
+        the directory. ``cursor`` (RFC 9865; ``""`` for the first page) pages by id order instead of by
+        index: the cursor names the last resource of the page before, so resources added or removed
+        before it do not shift the next page.
         """
         resource_type = self.resource_type(type_name)
         mapping = self.mapping(resource_type)
@@ -124,6 +128,9 @@ class ScimService:
         readable = self.pdp.read_filter(actor, type_name, subject)
         if readable is not None:
             condition = condition & readable
+        if cursor is not None:
+            return self._cursor_page(resource_type, mapping, condition, subject, cursor, count, base_url,
+                                     sort_by, with_entries)
         sort = self._sort_key(mapping, sort_by, sort_order)
         start_index = max(start_index, 1)
         if count <= 0:
@@ -133,14 +140,43 @@ class ScimService:
             return Page([], total, start_index)
         entries, total = self.directory.window(self.host.settings.ldap.base_dn, condition, [sort],
                                                offset=start_index, count=count, attrs=self._attributes(mapping))
+        shown = self._shown(entries, resource_type, mapping, subject, base_url)
+        return Page(shown, total, start_index, entries if with_entries else [])
+
+    def _shown(self, entries, resource_type: ResourceType, mapping: Mapping, subject, base_url: str) -> list[dict]:
         resources = self._render(entries, resource_type, mapping, base_url)
         policy = self.pdp.policy()
         roles = policy.default_active_roles(subject.assigned)
         shown = []
         for entry, resource in zip(entries, resources):
-            decision = policy.check_access(roles, "read", type_name, entry.dn, subject.context)
+            decision = policy.check_access(roles, "read", resource_type.name, entry.dn, subject.context)
             shown.append(self._readable(resource, mapping, decision.attributes))
-        return Page(shown, total, start_index, entries if with_entries else [])
+        return shown
+
+    def _cursor_page(self, resource_type, mapping, condition, subject, cursor: str, count: int, base_url: str,
+                     sort_by: str | None, with_entries: bool) -> Page:
+        if sort_by:
+            raise ScimError("cursor pages are in id order; leave out sortBy, or page with startIndex",
+                            status=400, scim_type="invalidValue")
+        after = decode_cursor(cursor)
+        base = self.host.settings.ldap.base_dn
+        count = max(count, 0)
+        if after is None:
+            entries, total = self.directory.window(base, condition, [DEFAULT_SORT], offset=1, count=count + 1,
+                                                   attrs=self._attributes(mapping)) if count else \
+                ([], self.directory.window(base, condition, [DEFAULT_SORT], offset=1, count=1, attrs=["1.1"])[1])
+            position = 1
+        else:
+            # from the cursor's resource on (it comes first when it still exists; then it is skipped)
+            entries, total, position = self.directory.window_from(base, condition, DEFAULT_SORT, at=after,
+                                                                  count=count + 2, attrs=self._attributes(mapping))
+            if entries and entries[0].first("entryUUID") == after:
+                entries, position = entries[1:], position + 1
+        more = len(entries) > count
+        entries = entries[:count]
+        next_cursor = encode_cursor(entries[-1].first("entryUUID")) if more and entries else None
+        shown = self._shown(entries, resource_type, mapping, subject, base_url)
+        return Page(shown, total, position, entries if with_entries else [], next_cursor)
 
     def _sort_key(self, mapping: Mapping, sort_by: str | None, sort_order: str) -> str:
         if not sort_by:
@@ -653,3 +689,26 @@ def tolerate_patch(mapping: Mapping, body: Any) -> Any:
                 operation["value"] = tolerate(mapping, {"emails": operation.get("value")}).get("emails")
         operations.append(operation)
     return {**body, "Operations": operations}
+
+
+def encode_cursor(entry_uuid: str) -> str:
+    """The opaque cursor (RFC 9865) after the resource whose ``entryUUID`` is given."""
+    return base64.urlsafe_b64encode(f"after:{entry_uuid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str | None:
+    """``""`` -> None (the first page); a cursor from :func:`encode_cursor` -> its entryUUID;
+    anything else is a 400 ``invalidCursor`` (RFC 9865)."""
+    if cursor == "":
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    prefix, _, entry_uuid = text.partition(":")
+    if prefix != "after" or not _UUID.fullmatch(entry_uuid):
+        raise ScimError(f"cursor {cursor[:40]!r} was not given by this server", status=400, scim_type="invalidCursor")
+    return entry_uuid
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

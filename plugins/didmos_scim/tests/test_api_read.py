@@ -137,3 +137,24 @@ def test_bad_list_requests_are_400_with_a_scim_type(client, people, query, scim_
 def test_unknown_resource_types_are_404_scim_errors(client):
     assert client.get("/scim/v2/Robots", headers=ADMIN).json["status"] == "404"
     assert client.get("/lui2_backend/v2/Robots/", headers=ADMIN).status_code == 404
+
+
+def test_cursor_paging_is_stable_when_earlier_entries_go(client, people, didmos_slapd):
+    """RFC 9865: each page names the next; deleting a resource already seen shifts nothing."""
+    wanted = f'userName sw "{people["tag"]}"'
+    first = client.get(f"/scim/v2/Users?filter={wanted}&count=2&cursor=", headers=ADMIN).json
+    assert first["totalResults"] == 5 and len(first["Resources"]) == 2 and "startIndex" not in first
+    seen = [r["id"] for r in first["Resources"]]
+    extra = client.post("/scim/v2/Users", json={"userName": f"{people['tag']}-zzz"}, headers=ADMIN).json
+    client.delete(f"/scim/v2/Users/{extra['id']}", headers=ADMIN)
+    pages = [first]
+    while "nextCursor" in pages[-1]:
+        pages.append(client.get(f"/scim/v2/Users?filter={wanted}&count=2&cursor={pages[-1]['nextCursor']}",
+                                headers=ADMIN).json)
+    ids = [r["id"] for page in pages for r in page["Resources"]]
+    assert sorted(ids) == sorted(u["id"] for u in people["users"]) and len(ids) == 5 and ids[:2] == seen
+    assert len(pages) == 3 and "nextCursor" not in pages[-1]
+    bad = client.get("/scim/v2/Users?cursor=bm9wZQ", headers=ADMIN)
+    assert bad.status_code == 400 and bad.json["scimType"] == "invalidCursor"
+    both = client.get("/scim/v2/Users?cursor=&startIndex=3", headers=ADMIN)
+    assert both.status_code == 400

@@ -49,7 +49,7 @@ def test_the_service_provider_config_announces_the_features_and_limits():
     assert [scheme["type"] for scheme in document["authenticationSchemes"]] == ["httpbasic"]
     basic = document["authenticationSchemes"][0]
     assert basic["name"] == "HTTP Basic" and basic["description"] and basic["primary"] is True
-    assert document["pagination"] == {"cursor": False, "index": True, "defaultPaginationMethod": "index",
+    assert document["pagination"] == {"cursor": True, "index": True, "defaultPaginationMethod": "index",
                                       "defaultPageSize": 100, "maxPageSize": 1000}
     assert document["meta"] == {"resourceType": "ServiceProviderConfig", "location": f"{BASE}/ServiceProviderConfig"}
 
