@@ -14,6 +14,7 @@ function needs an operation on one of the administrative resource types ``Role``
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timezone
 from collections.abc import Iterable
 
 import ldap
@@ -273,11 +274,32 @@ class RbacAdmin:
             raise Forbidden(f"{user_dn} is not authorized for roles {sorted(unauthorized)}")
 
     def session(self, session: str) -> tuple[str, frozenset[str]]:
-        """The user and the active roles of a session (SessionRoles)."""
-        entry = self.directory.get(self.pdp.dn("sessions", session), ["didmosSessionUser", "didmosActiveRole"])
+        """The user and the active roles of a session (SessionRoles).
+
+        A session ends when it is older than ``pdp.session_lifetime_seconds`` or its user is gone or
+        deactivated (``didmosActive`` FALSE): it is deleted then, and is no longer found.
+        """
+        dn = self.pdp.dn("sessions", session)
+        entry = self.directory.get(dn, ["didmosSessionUser", "didmosActiveRole", "createTimestamp"])
         if entry is None:
             raise NotFound(f"no session {session!r}")
-        return entry.first("didmosSessionUser"), frozenset(rdn_value(dn) for dn in entry.values("didmosActiveRole"))
+        user_dn = entry.first("didmosSessionUser")
+        ended = None
+        created = entry.first("createTimestamp")
+        lifetime = self.pdp.host.settings.pdp.session_lifetime_seconds
+        if created and _age(created) > lifetime:
+            ended = f"session {session!r} expired (older than {lifetime} s)"
+        else:
+            user = self.directory.get(user_dn, ["didmosActive"])
+            if user is None or (user.first("didmosActive") or "TRUE").upper() == "FALSE":
+                ended = f"session {session!r} ended: its user is gone or deactivated"
+        if ended:
+            try:
+                self.directory.delete(dn)
+            except NotFound:
+                pass  # another request ended it at the same time
+            raise NotFound(ended)
+        return user_dn, frozenset(rdn_value(dn) for dn in entry.values("didmosActiveRole"))
 
     def delete_session(self, session: str, *, actor: Actor | None = None) -> None:
         self.session(session)
@@ -332,6 +354,12 @@ class RbacAdmin:
         policy = self.pdp.policy()
         closed = policy.authorized_roles_of(active)
         return frozenset().union(*(policy.roles[r].permissions for r in closed)) if closed else frozenset()
+
+
+def _age(generalized_time: str) -> float:
+    """Seconds since an LDAP GeneralizedTime such as ``20261123133802Z``."""
+    stamp = datetime.strptime(generalized_time[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - stamp).total_seconds()
 
 
 __all__ = ["ADMIN_TYPES", "PolicyError", "RbacAdmin"]

@@ -36,18 +36,22 @@ def didmos_settings():
     return [SettingsNamespace(
         name="pdp",
         defaults={"rbac_dn": "ou=rbac,ou=default-tenant,dc=didmos,dc=de", "refresh_seconds": 1.0,
-                  "superadmin_roles": ["superadmin", "standarduser"], "new_user_roles": ["standarduser"]},
+                  "superadmin_roles": ["superadmin", "standarduser"], "new_user_roles": ["standarduser"],
+                  "session_lifetime_seconds": 28800},
         validators=(
             Validator("pdp.rbac_dn", is_type_of=str, len_min=3),
             Validator("pdp.refresh_seconds", is_type_of=(int, float), gt=0),
             Validator("pdp.superadmin_roles", is_type_of=list),
             Validator("pdp.new_user_roles", is_type_of=list),
+            Validator("pdp.session_lifetime_seconds", is_type_of=int, gte=1),
         ),
         descriptions={
             "rbac_dn": "Where the tenant's roles, permissions, separation-of-duty sets and sessions live.",
             "refresh_seconds": "How stale the in-process policy may be: at most this long after a change on "
                                "another node or directly in LDAP, decisions follow it.",
             "superadmin_roles": "Roles `didmos directory init` assigns to the superadmin it creates.",
+            "session_lifetime_seconds": "How long an RBAC session (POST /pdp/v1/sessions) lasts; an older one, "
+                                        "or one whose user is gone or deactivated, is deleted when next used.",
             "new_user_roles": "Roles every user created through the API is assigned (in the same LDAP add); "
                               "an empty list leaves new users without roles.",
         },

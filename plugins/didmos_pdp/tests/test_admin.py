@@ -1,7 +1,9 @@
 """The standard's administrative, system and review functions against the real slapd."""
 
+import time
 import uuid
 
+import ldap
 import pytest
 
 from didmos_host.errors import AlreadyExists, Forbidden, NotFound
@@ -171,6 +173,38 @@ def test_deassigning_a_role_drops_it_from_the_users_sessions(admin, host, names)
     admin.deassign_user(user, teller)
     assert admin.session(session)[1] == frozenset()
     assert not admin.check_access(session, "write", "Till", None)
+
+
+def test_a_session_ends_with_its_user_and_with_its_lifetime(admin, host, names, didmos_overrides):
+    teller = names("teller")
+    admin.add_role(teller)
+    user = make_user(host)
+    admin.assign_user(user, teller)
+    session = admin.create_session(user, [teller])
+    host.service("directory").modify(user, [(ldap.MOD_ADD, "objectClass", ["didmosPerson"]),
+                                            (ldap.MOD_REPLACE, "didmosActive", ["FALSE"])])
+    with pytest.raises(NotFound, match="gone or deactivated"):
+        admin.check_access(session, "write", "Till", None)
+    with pytest.raises(NotFound, match="no session"):  # and it was deleted
+        admin.session(session)
+    host.service("directory").modify(user, [(ldap.MOD_REPLACE, "didmosActive", ["TRUE"])])
+    deleted_later = admin.create_session(user, [teller])
+    host.service("directory").delete(user)
+    with pytest.raises(NotFound, match="gone or deactivated"):
+        admin.session(deleted_later)
+
+    short = Host.create({**didmos_overrides, "pdp": {"session_lifetime_seconds": 1}})
+    try:
+        short_admin = short.service("rbac_admin")
+        other = make_user(short)
+        short_admin.assign_user(other, teller)
+        brief = short_admin.create_session(other, [teller])
+        assert short_admin.session(brief)[0] == other
+        time.sleep(2.1)  # createTimestamp has whole seconds
+        with pytest.raises(NotFound, match="expired"):
+            short_admin.session(brief)
+    finally:
+        short.service("directory").close()
 
 
 def test_a_subtree_scope_must_name_a_dn(admin, names):
