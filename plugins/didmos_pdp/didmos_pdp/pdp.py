@@ -133,7 +133,27 @@ class PolicyDecisionPoint:
         """The actor's assigned roles, read from its entry (from the entry cache when enabled)."""
         entry = self.directory.get(actor.dn, ["didmosRoleAssignment"])
         assigned = frozenset(rdn_value(dn) for dn in (entry.values("didmosRoleAssignment") if entry else ()))
-        return Subject(ActorContext(actor.dn), assigned)
+        return Subject(ActorContext(actor.dn, self.organization_of(actor.dn)), assigned)
+
+    def organization_of(self, dn: str) -> str | None:
+        """The organization an entry belongs to: the one it is stored under (``ldap.organizations_dn``
+        holds the organizations; their users are created below them, e.g. with the LUI mount's
+        ``POST /User/<organization DN>/``). No directory read: it is in the DN."""
+        container = self.host.settings.get("ldap.organizations_dn")
+        if not container:
+            return None
+        try:
+            rdns, base = ldap.dn.str2dn(dn), ldap.dn.str2dn(container)
+        except ldap.DECODING_ERROR:
+            return None
+
+        def folded(part):
+            return [[(attr.lower(), value.lower()) for attr, value, _ in rdn] for rdn in part]
+
+        # an organization's users are at least two levels below the container: org RDN, user RDN
+        if len(rdns) <= len(base) + 1 or folded(rdns[-len(base):]) != folded(base):
+            return None
+        return ldap.dn.dn2str(rdns[-len(base) - 1:])
 
     def active_roles(self, subject: Subject) -> tuple[str, ...]:
         """The roles of an implicit session (one API request): every assigned role DSD allows."""

@@ -322,3 +322,30 @@ def test_search_by_post(client):
     assert typed.json["Resources"][0] == {"id": user["id"], "schemas": user["schemas"], "userName": user["userName"]}
     root = client.post("/scim/v2/.search", json=body, headers=ADMIN)
     assert root.status_code == 200 and [r["id"] for r in root.json["Resources"]] == [user["id"]]
+
+
+def test_the_organization_scope_covers_the_users_stored_under_ones_organization(client):
+    tag = uuid.uuid4().hex[:6]
+    org = client.post("/scim/v2/Organizations", json={"name": f"acme-{tag}"}, headers=ADMIN)
+    assert org.status_code == 201, org.json
+    org_dn = f"didmosUUID={org.json['id']},ou=organizations,ou=data,{TENANT}"
+
+    def member(password=None):
+        body = {"name": {"givenName": "O", "familyName": tag}, **({"password": password} if password else {})}
+        created = client.post(f"/lui2_backend/v2/User/{org_dn}/", json=body, headers=ADMIN)
+        assert created.status_code == 200, created.json
+        return created.json["id"]
+
+    reader, colleague, outsider = member("Secret-123"), member(), new_user(client)["id"]
+    pdp = "/pdp/v1"
+    assert client.post(f"{pdp}/permissions", headers=ADMIN, json={
+        "name": f"org-read-{tag}", "operations": ["read"], "resource_type": "User", "scope": "organization"}).status_code == 201
+    assert client.post(f"{pdp}/roles", json={"name": f"org-reader-{tag}"}, headers=ADMIN).status_code == 201
+    assert client.post(f"{pdp}/roles/org-reader-{tag}/permissions", json={"permission": f"org-read-{tag}"},
+                       headers=ADMIN).status_code == 201
+    assert client.post(f"{pdp}/users/{reader}/roles", json={"role": f"org-reader-{tag}"}, headers=ADMIN).status_code == 201
+    me = basic(reader, "Secret-123")
+    assert client.get(f"/scim/v2/Users/{colleague}", headers=me).status_code == 200
+    assert client.get(f"/scim/v2/Users/{outsider}", headers=me).status_code == 403
+    listed = {r["id"] for r in client.get("/scim/v2/Users?count=1000", headers=me).json["Resources"]}
+    assert {reader, colleague} <= listed and outsider not in listed
