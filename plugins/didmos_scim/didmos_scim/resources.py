@@ -29,6 +29,8 @@ MAX_RESULTS = 1000
 DEFAULT_COUNT = 100
 #: LUI path segment -> resource type (the seeds' /User/, /Groups/, /Organization/).
 LUI_TYPES = {"user": "User", "groups": "Group", "organization": "Organization"}
+#: The seeds' spelling of each path segment, for meta.location on the LUI mount.
+LUI_PATHS = {"User": "User", "Groups": "Group", "Organization": "Organization"}
 
 scim = Blueprint("scim", __name__, url_prefix="/scim/v2", description="SCIM 2.0 (RFC 7643/7644)")
 lui = Blueprint("lui2", __name__, url_prefix="/lui2_backend/v2",
@@ -131,6 +133,9 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
         if entry.first("modifyTimestamp"):
             meta["modified"] = entry.first("modifyTimestamp")
         meta.pop("lastModified", None)
+        segment = next((name for name, value in LUI_PATHS.items() if value == type_name), None)
+        if segment is not None:
+            meta["location"] = f"{mount.base_url()}/{segment}/{resource['id']}/"
     else:
         resource.pop("location", None)  # the LUI list of ancestors is not RFC 7643
         resource = service().strip_request_only(resource, type_name, projection[0])

@@ -93,6 +93,7 @@ def test_the_lui_mount_creates_as_in_the_seeds(client, ldap_conn):
     assert body["userName"].startswith("user") and len(body["userName"]) == 8
     dn = f"didmosUUID={body['id']},{PEOPLE}"
     assert body["location"][-1] == {body["id"]: dn}
+    assert body["meta"]["location"] == f"http://localhost/lui2_backend/v2/User/{body['id']}/"
     operations = body["meta"][LUI]["operations"][dn]
     assert set(operations["entry"]) >= {"delete", "modify-add", "modify-del", "modify-replace", "read", "write"}
 
