@@ -230,6 +230,8 @@ def _write_attribute(attribute: Attribute, value: Any, where: str, out: dict[str
         return
     if attribute.type == "complex":
         items = value if attribute.multi_valued and isinstance(value, list) else [value]
+        if len(items) > 1:
+            raise InvalidValue(f"{where}: this server keeps one value of {attribute.name}, got {len(items)}")
         for index, item in enumerate(items[:1]):  # LDAP keeps one value per sub-attribute
             if not isinstance(item, dict):
                 raise InvalidValue(f"{where} must be an object")

@@ -263,7 +263,7 @@ ENTERPRISE_SCHEMA = Schema(ENTERPRISE, "EnterpriseUser", "Enterprise User", (
     ), description="The user's manager (LDAP manager, a DN)"),
 ))
 
-LUI_SCHEMA = Schema(LUI, "LUI", "didmos LUI extension: the caller's view of the entry's access rights", (
+LUI_SCHEMA = Schema(LUI, "LUI", "didmos LUI extension: the roles the entry holds and whether they reach beyond its own entry", (
     Attribute("adminAccess", "boolean", mutability="readOnly"),
     Attribute("roles", "string", multi_valued=True, mutability="readOnly"),
 ))

@@ -314,7 +314,13 @@ class Changes:
         attribute = target.attribute
         if target.filter is not None:
             current = self._complex_item(attribute)
-            matched = bool(current) and bool(select(target.filter, [current], attribute))
+            try:
+                matched = bool(current) and bool(select(target.filter, [current], attribute))
+            except scim_filters.InvalidFilter:
+                if not _about_type_or_primary(target.filter):
+                    raise
+                # addresses[type eq "work"]: one address is kept, untyped; it is the one meant (Azure AD)
+                matched = bool(current)
             if not matched and op != "add":
                 raise NoTarget(f"{where}: no value of {attribute.name} matches the filter")
         if target.sub is not None:
@@ -525,6 +531,17 @@ class Changes:
                                                 or bool(attribute.ldap))
             for ldap_attr in attribute.ldap_attributes:
                 self.set(ldap_attr, wanted.get(ldap_attr.lower(), []), multi=multi)
+
+
+def _about_type_or_primary(node) -> bool:
+    """Whether a value filter only compares ``type`` and ``primary``."""
+    if isinstance(node, (scim_filters.Comparison, scim_filters.Presence)):
+        return node.path.name.lower() in ("type", "primary") and node.path.sub is None
+    if isinstance(node, (scim_filters.And, scim_filters.Or)):
+        return all(_about_type_or_primary(part) for part in node.parts)
+    if isinstance(node, scim_filters.Not):
+        return _about_type_or_primary(node.part)
+    return False
 
 
 def _equalities(node) -> list[scim_filters.Comparison]:

@@ -16,6 +16,7 @@ import flask
 from didmos_host.api import Blueprint
 from didmos_host.app import current_actor, current_host
 from didmos_host.errors import AlreadyExists, AuthenticationFailed
+from didmos_host.records import Action
 from didmos_scim.filters import InvalidFilter
 from didmos_scim.mapping import LUI
 from didmos_scim.patch import InvalidSyntax
@@ -122,10 +123,12 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
             resource.setdefault("groups", [])
             if resource.get("emails"):
                 resource["email"] = resource["emails"][0]["value"]
-            roles, admin = pdp.role_summary(entry.values("didmosRoleAssignment"))
-            resource[LUI] = {"adminAccess": admin, "roles": roles}
-            if LUI not in resource["schemas"]:
-                resource["schemas"].append(LUI)
+            readable = pdp.decide(current_actor(), Action("read", type_name, entry.dn)).attributes
+            if readable is None or "didmosroleassignment" in {a.lower() for a in readable}:
+                roles, admin = pdp.role_summary(entry.values("didmosRoleAssignment"))
+                resource[LUI] = {"adminAccess": admin, "roles": roles}
+                if LUI not in resource["schemas"]:
+                    resource["schemas"].append(LUI)
         meta = resource["meta"]
         meta[LUI] = {"operations": {entry.dn: block}} if keyed_operations else {"operations": block}
         if entry.first("createTimestamp"):
@@ -136,6 +139,7 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
         segment = next((name for name, value in LUI_PATHS.items() if value == type_name), None)
         if segment is not None:
             meta["location"] = f"{mount.base_url()}/{segment}/{resource['id']}/"
+        _lui_references(resource, mount.base_url())
     else:
         resource.pop("location", None)  # the LUI list of ancestors is not RFC 7643
         resource = service().strip_request_only(resource, type_name, projection[0])
@@ -143,6 +147,23 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
     if attributes or excluded:
         resource = service().project(resource, type_name, attributes, excluded)
     return resource
+
+
+def _lui_references(value, base_url: str) -> None:
+    """``$ref`` links as LUI paths: ``.../Users/<id>`` -> ``.../User/<id>/``."""
+    if isinstance(value, list):
+        for item in value:
+            _lui_references(item, base_url)
+    elif isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith(base_url + "/"):
+            endpoint, _, ref_id = ref[len(base_url) + 1:].partition("/")
+            segment = {"Users": "User", "Groups": "Groups", "Organizations": "Organization"}.get(endpoint)
+            if segment and ref_id:
+                value["$ref"] = f"{base_url}/{segment}/{ref_id}/"
+        for key, item in value.items():
+            if key != "$ref":
+                _lui_references(item, base_url)
 
 
 def _lui_operations(operations: dict) -> dict:

@@ -122,9 +122,11 @@ class ScimService:
         resource_type = self.resource_type(type_name)
         mapping = self.mapping(resource_type)
         condition = self._type_filter(resource_type)
-        if filter_text:
-            condition = condition & scim_filters.to_ldap(filter_text, mapping, resolve_id=self._dn_of)
         subject = self.pdp.subject(actor)
+        if filter_text:
+            translated = scim_filters.to_ldap(filter_text, mapping, resolve_id=self._dn_of)
+            self._check_filter_readable(translated, actor, type_name, subject)
+            condition = condition & translated
         readable = self.pdp.read_filter(actor, type_name, subject)
         if readable is not None:
             condition = condition & readable
@@ -224,17 +226,54 @@ class ScimService:
         return resources
 
     def _readable(self, resource: dict, mapping: Mapping, attributes: frozenset[str] | None) -> dict:
-        """Drop the attributes whose LDAP attributes the actor may not read (``None``: all readable)."""
+        """Drop what the actor may not read (``attributes`` are the readable LDAP attributes; ``None``:
+        all): whole attributes, the sub-attributes of a complex one, and the values of a typed one
+        stored in an unreadable LDAP attribute (read access to ``mobile`` shows mobile numbers only)."""
         if attributes is None:
             return resource
         allowed = {a.lower() for a in attributes}
-        for schema in mapping.schemas:
-            target = resource if schema is mapping.core else resource.get(schema.id, {})
-            for attribute in schema.attributes:
-                stored = attribute.ldap_attributes
-                if stored and attribute.name in target and not any(a.lower() in allowed for a in stored):
+        for schema, attribute in mapping.attributes():
+            target = resource if schema is mapping.core else resource.get(schema.id)
+            if not isinstance(target, dict) or attribute.name not in target:
+                continue
+            stored = attribute.ldap_attributes
+            if not stored:
+                continue
+            if not any(a.lower() in allowed for a in stored):
+                del target[attribute.name]
+            elif attribute.by_type:
+                kept = [item for item in target[attribute.name]
+                        if (attribute.ldap_for_type(item.get("type")) or "").lower() in allowed]
+                if kept:
+                    target[attribute.name] = kept
+                else:
                     del target[attribute.name]
+            elif attribute.type == "complex" and not attribute.ldap:
+                hidden = {sub.name for sub in attribute.sub_attributes if sub.ldap and sub.ldap.lower() not in allowed}
+                items = target[attribute.name] if isinstance(target[attribute.name], list) else [target[attribute.name]]
+                for item in items:
+                    for name in hidden:
+                        item.pop(name, None)
         return resource
+
+    def _check_filter_readable(self, condition, actor: Actor, type_name: str, subject) -> None:
+        """A list filter may name only attributes the actor may read in every entry it may list:
+        otherwise which entries match would tell values it cannot see. So the attribute must be in the
+        attribute set of every read grant (a grant without a set allows all)."""
+        policy = self.pdp.policy()
+        grants = policy.grants(policy.default_active_roles(subject.assigned), "read", type_name)
+        if not grants:
+            return  # nothing of this type is readable: the list is empty whatever the filter says
+        limited = [frozenset(a.lower() for a in g.permission.attributes) for g in grants if g.permission.attributes]
+        if not limited:
+            return
+        readable = frozenset.intersection(*limited)
+        free = {"objectclass", "didmosuuid", "entrydn", "entryuuid", "createtimestamp", "modifytimestamp"}
+        named = {a.lower() for a in _filter_attributes(condition)} - free
+        hidden = sorted(named - readable)
+        if hidden:
+            raise Forbidden(f"the filter names attributes the caller may not read: "
+                            f"{', '.join(self._scim_names(self._mapping_of(type_name), hidden))}")
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -449,9 +488,7 @@ class ScimService:
                 tags = {t.strip() for t in if_match.split(",")}
                 if current not in tags and current[2:] not in tags:
                     raise PreconditionFailed(f"{entry.dn} was changed since it was read")
-            if any(a.ldap and a.ldap.lower() not in changes.loaded for _, a in mapping.attributes()
-                   if a.type == "complex" and a.multi_valued and a.ldap and a.mutability != "readOnly"):
-                entry = self.directory.get(entry.dn, self._read_back(mapping), actor=actor)
+            entry = self.directory.get(entry.dn, self._read_back(mapping), actor=actor)  # all of it, to answer
         resource = self._render([entry], resource_type, mapping, base_url)[0]
         decision = self.pdp.decide(actor, Action("read", resource_type.name, entry.dn), subject)
         return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
@@ -480,6 +517,7 @@ class ScimService:
         desired = to_ldap(body, mapping, strict=strict, resolve_reference=self.resolver())
         changes = Changes(entry, mapping, loaded=set(mapping.ldap_attributes()), strict=strict,
                           resolve_reference=self.resolver())
+        self._require(mapping, desired)
         changes.replace_all(desired, body)
         user_name = mapping.core.attribute("userName")
         if user_name is not None and user_name.ldap and not changes.values.get(user_name.ldap.lower()):
@@ -712,3 +750,14 @@ def decode_cursor(cursor: str) -> str | None:
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _filter_attributes(node) -> list[str]:
+    """The LDAP attributes an LDAP filter built with didmos_ldap.filters names."""
+    if hasattr(node, "attr"):
+        return [node.attr]
+    if hasattr(node, "parts"):
+        return [a for part in node.parts for a in _filter_attributes(part)]
+    if hasattr(node, "part"):
+        return _filter_attributes(node.part)
+    return []

@@ -350,3 +350,52 @@ def test_the_organization_scope_covers_the_users_stored_under_ones_organization(
     assert client.get(f"/scim/v2/Users/{outsider}", headers=me).status_code == 403
     listed = {r["id"] for r in client.get("/scim/v2/Users?count=1000", headers=me).json["Resources"]}
     assert {reader, colleague} <= listed and outsider not in listed
+
+
+def test_partial_read_rights_show_partial_values_and_filters_cannot_probe_the_rest(client, make_app):
+    tag = uuid.uuid4().hex[:6]
+    target = new_user(client, phoneNumbers=[{"value": "1", "type": "work"}, {"value": "2", "type": "mobile"}],
+                      title="Secret title", addresses=[{"locality": "Bonn", "postalCode": "53111"}])
+    reader = new_user(client, password="Secret-123")
+    pdp = "/pdp/v1"
+    client.post(f"{pdp}/permissions", headers=ADMIN, json={
+        "name": f"phone-book-{tag}", "operations": ["read"], "resource_type": "User", "scope": "tenant",
+        "attributes": ["uid", "mobile", "l"]})
+    client.post(f"{pdp}/roles", json={"name": f"phone-book-{tag}"}, headers=ADMIN)
+    client.post(f"{pdp}/roles/phone-book-{tag}/permissions", json={"permission": f"phone-book-{tag}"}, headers=ADMIN)
+    assert client.post(f"{pdp}/users/{reader['id']}/roles", json={"role": f"phone-book-{tag}"},
+                       headers=ADMIN).status_code == 201
+    me = basic(reader["id"], "Secret-123")
+    seen = client.get(f"/scim/v2/Users/{target['id']}", headers=me).json
+    assert seen["phoneNumbers"] == [{"value": "2", "type": "mobile"}] and seen["addresses"] == [{"locality": "Bonn"}]
+    assert "title" not in seen and "name" not in seen
+    probe = client.get(f'/scim/v2/Users?filter=title sw "Secret"', headers=me)
+    assert probe.status_code == 403 and "title" in probe.json["detail"]
+    assert client.get(f'/scim/v2/Users?filter=userName eq "{target["userName"]}"', headers=me).json["totalResults"] == 1
+    lui = client.get(f"/lui2_backend/v2/User/{target['id']}/", headers=me).json
+    assert LUI not in lui  # the roles of a user are didmosRoleAssignment, which this reader may not read
+
+
+def test_a_no_op_patch_answers_the_whole_resource(client):
+    group = client.post("/scim/v2/Groups", json={"displayName": f"n-{uuid.uuid4().hex[:6]}"}, headers=ADMIN).json
+    user = new_user(client)
+    patch(client, f"/scim/v2/Groups/{group['id']}", {"op": "add", "path": "members", "value": [{"value": user["id"]}]})
+    same = patch(client, f"/scim/v2/Users/{user['id']}", {"op": "replace", "path": "userName", "value": user["userName"]})
+    assert same.status_code == 200 and same.json["groups"][0]["value"] == group["id"]
+    lui = client.patch(f"/lui2_backend/v2/User/{user['id']}/", headers=ADMIN, json={
+        "schemas": [PATCH], "Operations": [{"op": "replace", "path": "userName", "value": user["userName"]}]}).json
+    assert lui["groups"][0]["$ref"] == f"http://localhost/lui2_backend/v2/Groups/{group['id']}/"
+    assert lui[LUI] == {"adminAccess": False, "roles": ["standarduser"]}
+
+
+def test_put_needs_the_required_attributes_and_one_address(client):
+    group = client.post("/scim/v2/Groups", json={"displayName": f"r-{uuid.uuid4().hex[:6]}"}, headers=ADMIN).json
+    missing = client.put(f"/scim/v2/Groups/{group['id']}", json={"schemas": [group["schemas"][0]]}, headers=ADMIN)
+    assert missing.status_code == 400 and missing.json["detail"] == "displayName is required"
+    two = client.post("/scim/v2/Users", headers=ADMIN, json={"userName": f"a-{uuid.uuid4().hex[:6]}",
+                                                             "addresses": [{"locality": "A"}, {"locality": "B"}]})
+    assert two.status_code == 400 and "one value of addresses" in two.json["detail"]
+    user = new_user(client, addresses=[{"locality": "Bonn"}])
+    azure = patch(client, f"/scim/v2/Users/{user['id']}",
+                  {"op": "replace", "path": 'addresses[type eq "work"].locality', "value": "Köln"})
+    assert azure.status_code == 200 and azure.json["addresses"] == [{"locality": "Köln"}]
