@@ -229,7 +229,8 @@ class Directory:
                 if sent or not wait_backoff(attempt, deadline):
                     raise
             except CONNECTION_ERRORS as exc:
-                pool.drop_idle()  # they most likely lost the same server
+                if not isinstance(exc, ldap.BUSY):  # busy is about this request, not the server being gone
+                    pool.drop_idle()  # they most likely lost the same server
                 if not retry_sent or not wait_backoff(attempt, deadline):
                     raise translate(exc, operation) from exc
             except ldap.LDAPError as exc:
@@ -297,6 +298,11 @@ class Directory:
         draft-ietf-ldapext-ldapv3-vlv; overlay ``sssvlv``), so a page costs one search however large the
         result. ``sort`` needs at least one key; attributes without an ORDERING rule need one named
         (``uid:caseIgnoreOrderingMatch``).
+
+        The connection is closed after the search rather than pooled again: slapo-sssvlv keeps each VLV
+        result sorted in memory until the client continues it by context id or closes the connection,
+        and refuses a sixth on one connection (BUSY). Continuing is no use here (a continuation answers
+        from the old sort whatever the new filter), so closing is what frees the server's memory.
         """
         if not sort:
             raise ValueError("a window needs at least one sort key")
@@ -313,6 +319,7 @@ class Directory:
 
         def execute(conn, op):
             msgid = conn.search_ext(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls)
+            conn.didmos_retire = True  # the sort lives until the connection closes: see window()
             _, data, _, controls = conn.result3(msgid)
             total = next((c.content_count for c in controls if isinstance(c, VLVResponseControl)), None)
             entries = [Entry(dn, entry_attrs) for dn, entry_attrs in data if dn is not None]
@@ -344,6 +351,7 @@ class Directory:
 
         def execute(conn, op):
             msgid = conn.search_ext(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls)
+            conn.didmos_retire = True  # the sort lives until the connection closes: see window()
             _, data, _, controls = conn.result3(msgid)
             answer = next((c for c in controls if isinstance(c, VLVResponseControl)), None)
             if answer is None:

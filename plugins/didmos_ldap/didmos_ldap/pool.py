@@ -175,8 +175,9 @@ class ConnectionPool:
             raise
 
     def release(self, conn: ldap.ldapobject.LDAPObject, *, broken: bool = False) -> None:
-        """Give a connection back; ``broken`` ones (a connection error happened on them) are closed."""
-        if broken or self._closed:
+        """Give a connection back; ``broken`` ones (a connection error happened on them) are closed, and
+        so are those marked ``conn.didmos_retire`` (they hold server state that only closing frees)."""
+        if broken or self._closed or getattr(conn, "didmos_retire", False):
             self._discard(conn)
             return
         conn.didmos_released = time.monotonic()

@@ -241,6 +241,20 @@ def test_window_pages_a_sorted_result_with_vlv(directory, branch):
                                attrs=["displayName"])
     assert [e.first("displayName") for e in page] == ["w24", "w23", "w22"]
     assert directory.window(branch, "(uid=nobody*)", sort, offset=1, count=5, scope=ONELEVEL) == ([], 0)
+    page, total, position = directory.window_from(branch, "(uid=w*)", sort[0], at="w05", count=2, scope=ONELEVEL,
+                                                  attrs=["displayName"])
+    assert [e.first("displayName") for e in page] == ["w05", "w06"] and (total, position) == (25, 6)
+
+
+def test_many_windows_on_one_connection(make_directory, branch):
+    """slapo-sssvlv keeps each sort until its connection closes and refuses a sixth on one connection
+    (BUSY): with one pooled connection and no retries, twelve windows in a row still work, because the
+    pool closes a connection after its window."""
+    directory = make_directory(ldap={"pool_size": 1, "retry_seconds": 0})
+    directory.add(f"uid=v1{branch[5:17]},{branch}", person(f"v1{branch[5:17]}"))
+    for _ in range(12):
+        assert directory.window(branch, "(uid=v1*)", ["uid:caseIgnoreOrderingMatch"], offset=1, count=1,
+                                scope=ONELEVEL)[1] == 1
 
 
 def test_failover_to_the_next_uri(make_directory, didmos_slapd, didmos_overrides):

@@ -104,7 +104,10 @@ def _reference(dn: str, references: MappingABC[str, tuple[str, str, str]], base_
     if found is None:
         return None
     ref_id, display, ref_type = found
-    return {"value": ref_id, "display": display, "$ref": f"{base_url}/{ref_type}s/{ref_id}", "type": ref_type}
+    reference = {"value": ref_id, "display": display, "$ref": f"{base_url}/{ref_type}s/{ref_id}", "type": ref_type}
+    if display is None:  # not looked up: nobody asked for it
+        del reference["display"]
+    return reference
 
 
 def _read_attribute(entry, attribute: Attribute, references, base_url: str) -> Any:
@@ -122,7 +125,10 @@ def _read_attribute(entry, attribute: Attribute, references, base_url: str) -> A
             return found or None
         if not found:
             return None
-        return {"value": found[0]["value"], "$ref": found[0]["$ref"], "displayName": found[0]["display"]}
+        single = {"value": found[0]["value"], "$ref": found[0]["$ref"]}
+        if found[0].get("display") is not None:
+            single["displayName"] = found[0]["display"]
+        return single
     if attribute.type == "complex":
         parts = {}
         for sub in attribute.sub_attributes:

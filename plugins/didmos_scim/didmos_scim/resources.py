@@ -111,6 +111,16 @@ def _projection(source) -> tuple[list[str] | None, list[str] | None]:
     return attributes, excluded
 
 
+def _names(mount: Mount, source) -> bool:
+    """Whether references need their display names looked up: on the LUI mount always, on the strict
+    one only when asked for (``display`` is returned on request only there)."""
+    if mount.lui:
+        return True
+    wanted = source.get("attributes")
+    text = ",".join(wanted) if isinstance(wanted, list) else str(wanted or "")
+    return "display" in text.lower()
+
+
 def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operations: bool = False,
             projection=(None, None)) -> dict:
     """The mount's shape of one resource."""
@@ -192,7 +202,7 @@ def _list(type_name: str, mount: Mount, source, status_source=None) -> flask.Res
     page = service().list(type_name, actor, base_url=mount.base_url(), filter_text=source.get("filter"),
                           start_index=_int_arg(source, "startIndex", 1), count=count,
                           sort_by=source.get("sortBy"), sort_order=source.get("sortOrder") or "ascending",
-                          with_entries=True, cursor=_cursor_arg(source))
+                          with_entries=True, cursor=_cursor_arg(source), names=_names(mount, source))
     projection = _projection(source)
     resources = [_finish(resource, entry, type_name, mount, projection=projection)
                  for resource, entry in zip(page.resources, page.entries)]
@@ -265,7 +275,8 @@ def _search_all(mount: Mount, body: dict) -> flask.Response:
 
 
 def _get(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
-    resource, entry = service().get(type_name, resource_id, current_actor(), base_url=mount.base_url())
+    resource, entry = service().get(type_name, resource_id, current_actor(), base_url=mount.base_url(),
+                                    names=_names(mount, flask.request.args))
     version = resource.get("meta", {}).get("version")
     if version and version in {t.strip() for t in flask.request.headers.get("If-None-Match", "").split(",")}:
         response = flask.make_response("", 304)
@@ -279,7 +290,8 @@ def _create(type_name: str, mount: Mount, parent: str | None = None) -> flask.Re
     body = _body()
     try:
         resource, entry = service().create(type_name, body, current_actor(), base_url=mount.base_url(),
-                                           strict=mount.strict, parent=parent)
+                                           strict=mount.strict, parent=parent,
+                                           names=_names(mount, flask.request.args))
     except AlreadyExists as exc:
         if mount.lui and (exc.detail or {}).get("attribute") == "userName":
             raise ScimError(exc.message, status=mount.taken, scim_type="uniqueness") from None
@@ -294,14 +306,16 @@ def _create(type_name: str, mount: Mount, parent: str | None = None) -> flask.Re
 
 def _replace(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
     resource, entry = service().replace(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
-                                        strict=mount.strict, if_match=flask.request.headers.get("If-Match"))
+                                        strict=mount.strict, if_match=flask.request.headers.get("If-Match"),
+                                        names=_names(mount, flask.request.args))
     resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
     return _with_version(respond(resource), resource)
 
 
 def _patch(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
     resource, entry = service().patch(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
-                                      strict=mount.strict, if_match=flask.request.headers.get("If-Match"))
+                                      strict=mount.strict, if_match=flask.request.headers.get("If-Match"),
+                                      names=_names(mount, flask.request.args))
     resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
     return _with_version(respond(resource), resource)
 

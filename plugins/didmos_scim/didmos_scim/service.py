@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ldap
+import ldap.dn
 
 from didmos_host.errors import AlreadyExists, DidmosError, Forbidden, NotFound, PreconditionFailed
 from didmos_host.records import Action, Actor, ResourceType
@@ -94,7 +95,8 @@ class ScimService:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def get(self, type_name: str, resource_id: str, actor: Actor, *, base_url: str) -> tuple[dict, Any]:
+    def get(self, type_name: str, resource_id: str, actor: Actor, *, base_url: str,
+            names: bool = True) -> tuple[dict, Any]:
         """One resource as ``actor`` may see it, and its entry. 404 when absent, 403 when not readable."""
         resource_type = self.resource_type(type_name)
         mapping = self.mapping(resource_type)
@@ -106,12 +108,13 @@ class ScimService:
         decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
         if not decision:
             raise Forbidden(f"not allowed to read {type_name} {resource_id}")
-        resource = self._render([entry], resource_type, mapping, base_url)[0]
+        resource = self._render([entry], resource_type, mapping, base_url, names)[0]
         return self._readable(resource, mapping, decision.attributes), entry
 
     def list(self, type_name: str, actor: Actor, *, base_url: str, filter_text: str | None = None,
              start_index: int = 1, count: int = 100, sort_by: str | None = None,
-             sort_order: str = "ascending", with_entries: bool = False, cursor: str | None = None) -> Page:
+             sort_order: str = "ascending", with_entries: bool = False, cursor: str | None = None,
+             names: bool = True) -> Page:
         """A page of the resources ``actor`` may read that match ``filter_text``: one LDAP search.
 
         Paging and sorting are the server's (Server Side Sorting with Virtual List View), however large
@@ -132,7 +135,7 @@ class ScimService:
             condition = condition & readable
         if cursor is not None:
             return self._cursor_page(resource_type, mapping, condition, subject, cursor, count, base_url,
-                                     sort_by, with_entries)
+                                     sort_by, with_entries, names)
         sort = self._sort_key(mapping, sort_by, sort_order)
         start_index = max(start_index, 1)
         if count <= 0:
@@ -142,11 +145,12 @@ class ScimService:
             return Page([], total, start_index)
         entries, total = self.directory.window(self.host.settings.ldap.base_dn, condition, [sort],
                                                offset=start_index, count=count, attrs=self._attributes(mapping))
-        shown = self._shown(entries, resource_type, mapping, subject, base_url)
+        shown = self._shown(entries, resource_type, mapping, subject, base_url, names)
         return Page(shown, total, start_index, entries if with_entries else [])
 
-    def _shown(self, entries, resource_type: ResourceType, mapping: Mapping, subject, base_url: str) -> list[dict]:
-        resources = self._render(entries, resource_type, mapping, base_url)
+    def _shown(self, entries, resource_type: ResourceType, mapping: Mapping, subject, base_url: str,
+               names: bool = True) -> list[dict]:
+        resources = self._render(entries, resource_type, mapping, base_url, names)
         policy = self.pdp.policy()
         roles = policy.default_active_roles(subject.assigned)
         shown = []
@@ -156,7 +160,7 @@ class ScimService:
         return shown
 
     def _cursor_page(self, resource_type, mapping, condition, subject, cursor: str, count: int, base_url: str,
-                     sort_by: str | None, with_entries: bool) -> Page:
+                     sort_by: str | None, with_entries: bool, names: bool = True) -> Page:
         if sort_by:
             raise ScimError("cursor pages are in id order; leave out sortBy, or page with startIndex",
                             status=400, scim_type="invalidValue")
@@ -177,7 +181,7 @@ class ScimService:
         more = len(entries) > count
         entries = entries[:count]
         next_cursor = encode_cursor(entries[-1].first("entryUUID")) if more and entries else None
-        shown = self._shown(entries, resource_type, mapping, subject, base_url)
+        shown = self._shown(entries, resource_type, mapping, subject, base_url, names)
         return Page(shown, total, position, entries if with_entries else [], next_cursor)
 
     def _sort_key(self, mapping: Mapping, sort_by: str | None, sort_order: str) -> str:
@@ -202,11 +206,27 @@ class ScimService:
         entry = self.directory.get_by_uuid(resource_id, self.host.settings.ldap.base_dn, ["1.1"])
         return entry.dn if entry else None
 
-    def _render(self, entries, resource_type: ResourceType, mapping: Mapping, base_url: str) -> list[dict]:
-        """Resources for a page of entries; every referenced entry is looked up in one bundled read."""
+    def _render(self, entries, resource_type: ResourceType, mapping: Mapping, base_url: str,
+                names: bool = True) -> list[dict]:
+        """Resources for a page of entries; referenced entries are looked up in one bundled read.
+
+        Without ``names`` (nobody asked for ``display``), a reference whose DN is
+        ``didmosUUID=<id>`` below the people or groups container needs no lookup at all: its id and
+        type are in the DN. Adding one member to a big group then answers without reading them all.
+        """
         reference_attributes = [a.ldap for _, a in mapping.attributes() if a.type == "complex" and a.ldap]
         dns = {dn for entry in entries for attr in reference_attributes for dn in entry.values(attr)}
         references = {}
+        if dns and not names:
+            containers = self._containers()
+            unresolved = set()
+            for dn in dns:
+                known = _reference_in_dn(dn, containers)
+                if known is None:
+                    unresolved.add(dn)
+                else:
+                    references[dn.lower()] = known
+            dns = unresolved
         if dns:
             found = self.directory.get_many(dns, ["didmosUUID", "displayName", "cn", "objectClass"])
             for key, ref in found.items():
@@ -216,6 +236,9 @@ class ScimService:
                     references[ref.dn.lower()] = (ref.first("didmosUUID"), ref.first("displayName") or ref.first("cn"),
                                                   ref_type)
                     references[key] = references[ref.dn.lower()]
+                    for dn in dns:
+                        if normalize_dn(dn) == key:
+                            references[dn.lower()] = references[key]
         resources = []
         for entry in entries:
             resource = to_scim(entry, mapping, resource_type=resource_type.name, base_url=base_url,
@@ -224,6 +247,15 @@ class ScimService:
             resource["location"] = location(entry.dn)
             resources.append(resource)
         return resources
+
+    def _containers(self) -> dict[str, str]:
+        """Normalized DN of the people and groups containers -> the type of what they hold."""
+        found = {}
+        for key, type_name in (("ldap.people_dn", "User"), ("ldap.groups_dn", "Group")):
+            dn = self.host.settings.get(key)
+            if dn:
+                found[normalize_dn(dn)] = type_name
+        return found
 
     def _readable(self, resource: dict, mapping: Mapping, attributes: frozenset[str] | None) -> dict:
         """Drop what the actor may not read (``attributes`` are the readable LDAP attributes; ``None``:
@@ -303,7 +335,7 @@ class ScimService:
         return self._attributes(mapping)
 
     def create(self, type_name: str, body: Any, actor: Actor, *, base_url: str, strict: bool = True,
-               parent: str | None = None) -> tuple[dict, Any]:
+               parent: str | None = None, names: bool = True) -> tuple[dict, Any]:
         """Create a resource (RFC 7644 3.3) under ``parent`` (default: the type's configured base).
 
         A User without ``userName`` gets one from the ``didmos_user_name`` hook; ``displayName`` and
@@ -346,7 +378,7 @@ class ScimService:
                     raise self._taken(exc, mapping, attrs) from None
         else:
             raise AlreadyExists(f"no free userName after {USER_NAME_ATTEMPTS} generated names")
-        resource = self._render([entry], resource_type, mapping, base_url)[0]
+        resource = self._render([entry], resource_type, mapping, base_url, names)[0]
         decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
         return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
 
@@ -467,7 +499,8 @@ class ScimService:
             raise PreconditionFailed(f"If-Match {if_match!r} names no version")
         return str(any_of(*versions)) if len(versions) > 1 else str(versions[0])
 
-    def _modify(self, actor, subject, resource_type, mapping, entry, changes: Changes, if_match, base_url):
+    def _modify(self, actor, subject, resource_type, mapping, entry, changes: Changes, if_match, base_url,
+                names: bool = True):
         self._complete(mapping, changes)
         modlist = changes.modlist()
         if modlist:
@@ -489,7 +522,7 @@ class ScimService:
                 if current not in tags and current[2:] not in tags:
                     raise PreconditionFailed(f"{entry.dn} was changed since it was read")
             entry = self.directory.get(entry.dn, self._read_back(mapping), actor=actor)  # all of it, to answer
-        resource = self._render([entry], resource_type, mapping, base_url)[0]
+        resource = self._render([entry], resource_type, mapping, base_url, names)[0]
         decision = self.pdp.decide(actor, Action("read", resource_type.name, entry.dn), subject)
         return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
 
@@ -506,7 +539,7 @@ class ScimService:
                 changes.set(attr, state[attr], multi=False)
 
     def replace(self, type_name: str, resource_id: str, body: Any, actor: Actor, *, base_url: str,
-                strict: bool = True, if_match: str | None = None) -> tuple[dict, Any]:
+                strict: bool = True, if_match: str | None = None, names: bool = True) -> tuple[dict, Any]:
         """PUT (RFC 7644 3.5.1): the mapped, writable attributes become the body's; nothing else changes."""
         if not isinstance(body, MappingABC):
             raise InvalidSyntax("the request body must be a JSON object (the resource)")
@@ -522,10 +555,10 @@ class ScimService:
         user_name = mapping.core.attribute("userName")
         if user_name is not None and user_name.ldap and not changes.values.get(user_name.ldap.lower()):
             changes.values.pop(user_name.ldap.lower(), None)  # a PUT without userName keeps it
-        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url)
+        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url, names)
 
     def patch(self, type_name: str, resource_id: str, body: Any, actor: Actor, *, base_url: str,
-              strict: bool = True, if_match: str | None = None) -> tuple[dict, Any]:
+              strict: bool = True, if_match: str | None = None, names: bool = True) -> tuple[dict, Any]:
         """PATCH (RFC 7644 3.5.2): all operations as one LDAP modify; large member lists are not read."""
         if not strict:
             body = tolerate_patch(self._mapping_of(type_name), body)
@@ -539,7 +572,7 @@ class ScimService:
                           strict=strict, resolve_reference=self.resolver(),
                           reference_items=lambda attribute: self._reference_items(entry.dn, attribute, base_url))
         changes.patch(operations)
-        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url)
+        return self._modify(actor, subject, resource_type, mapping, entry, changes, if_match, base_url, names)
 
     def project(self, resource: dict, type_name: str, attributes, excluded) -> dict:
         return project(resource, self._mapping_of(type_name), attributes, excluded)
@@ -761,3 +794,15 @@ def _filter_attributes(node) -> list[str]:
     if hasattr(node, "part"):
         return _filter_attributes(node.part)
     return []
+
+
+def _reference_in_dn(dn: str, containers: dict[str, str]) -> tuple[str, None, str] | None:
+    """``didmosUUID=<id>,<people or groups container>`` -> (id, no display, type); else None."""
+    try:
+        rdns = ldap.dn.str2dn(dn)
+    except ldap.DECODING_ERROR:
+        return None
+    if not rdns or len(rdns[0]) != 1 or rdns[0][0][0].lower() != "didmosuuid":
+        return None
+    type_name = containers.get(normalize_dn(ldap.dn.dn2str(rdns[1:])))
+    return (rdns[0][0][1], None, type_name) if type_name else None

@@ -399,3 +399,31 @@ def test_put_needs_the_required_attributes_and_one_address(client):
     azure = patch(client, f"/scim/v2/Users/{user['id']}",
                   {"op": "replace", "path": 'addresses[type eq "work"].locality', "value": "Köln"})
     assert azure.status_code == 200 and azure.json["addresses"] == [{"locality": "Köln"}]
+
+
+class Operations:
+    """Records the LDAP operations of the requests made while it is installed."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def didmos_ldap_post_operation(self, operation, result, actor):
+        self.seen.append((operation.kind, operation.filter or ""))
+
+
+def test_adding_a_member_reads_no_other_member(make_app):
+    recorder = Operations()
+    client = make_app(recorder).test_client()
+    users = [new_user(client) for _ in range(3)]
+    group = client.post("/scim/v2/Groups", headers=ADMIN, json={
+        "displayName": f"m-{uuid.uuid4().hex[:6]}", "members": [{"value": u["id"]} for u in users[:2]]}).json
+    recorder.seen.clear()
+    added = patch(client, f"/scim/v2/Groups/{group['id']}", {"op": "add", "path": "members", "value": [{"value": users[2]["id"]}]})
+    assert added.status_code == 200
+    assert {m["value"] for m in added.json["members"]} == {u["id"] for u in users}
+    assert all(m["type"] == "User" and "display" not in m for m in added.json["members"])
+    assert [kind for kind, _ in recorder.seen].count("modify") == 1
+    assert not [f for kind, f in recorder.seen if "entryDN" in f], recorder.seen  # no member was looked up
+    named = client.get(f"/scim/v2/Groups/{group['id']}?attributes=members.display,members.value", headers=ADMIN).json
+    assert all(m["display"] for m in named["members"])
