@@ -168,6 +168,127 @@ def compare(raw: Side, layer: Side, seconds: float, *, slice_seconds: float = 0.
         run_slice(layer, seconds / rounds)
 
 
+def run_concurrently(sides: list[Side], seconds: float, record: bool = True) -> float:
+    """Run every side's :func:`run_slice` in a thread of its own, all started together; return the wall time.
+
+    For concurrent clients: rates are then operations per second of wall time (``len / wall``), not of
+    client time. The first error raised by any client is raised here, after all have stopped.
+    """
+    import threading
+    from time import perf_counter
+
+    barrier = threading.Barrier(len(sides) + 1)
+    errors: list[BaseException] = []
+
+    def client(side: Side) -> None:
+        try:
+            barrier.wait()
+            run_slice(side, seconds, record)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(side,), daemon=True) for side in sides]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = perf_counter() - started
+    if errors:
+        raise errors[0]
+    return wall
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat; 0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command: state is field 3, utime field 14, stime field 15 (proc(5)).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (for gunicorn: its workers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return children
+
+
+# -- the API in a subprocess ---------------------------------------------------------------------------
+
+def start_api(overrides: dict[str, Any], root: Path, *, workers: int, threads: int,
+              timeout: float = 30.0) -> tuple[Any, int]:
+    """``didmos serve`` (gunicorn, gthread) in a subprocess of its own session, on a free loopback port.
+
+    Configured by a settings file in ``root`` (mode 0600: it holds passwords) with ``overrides`` and the
+    ``api`` settings; the access log goes to /dev/null and stderr to ``root/api.log``. Returns the
+    process (the gunicorn master) and the port once ``/healthz`` answers.
+    """
+    import subprocess
+    import sys
+    import urllib.request
+
+    from didmos_host.servers import free_port
+
+    port = free_port()
+    values = {**overrides, "api": {**overrides.get("api", {}), "host": "127.0.0.1", "port": port,
+                                   "workers": workers, "threads": threads}}
+    settings = root / "bench-api-settings.toml"
+
+    def table(prefix: str, items: dict[str, Any]) -> str:
+        plain = "".join(f"{k} = {json.dumps(v)}\n" for k, v in items.items() if not isinstance(v, dict))
+        nested = "".join(table(f"{prefix}.{k}", v) for k, v in items.items() if isinstance(v, dict))
+        return f"[{prefix}]\n{plain}{nested}"
+
+    settings.write_text("".join(table(ns, items) for ns, items in values.items()))
+    settings.chmod(0o600)
+    env = dict(os.environ)
+    env["DIDMOS_SETTINGS_FILES"] = ":".join(filter(None, [str(settings), env.get("DIDMOS_SETTINGS_FILES", "")]))
+    log_path = root / "api.log"
+    with log_path.open("w") as log:  # the child keeps its own descriptor
+        api = subprocess.Popen([sys.executable, "-m", "didmos_host.cli", "serve"], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if api.poll() is not None:
+            raise RuntimeError(f"didmos serve exited with {api.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return api, port
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_api(api)
+                raise RuntimeError(f"didmos serve did not answer /healthz within {timeout:g} s") from None
+            time.sleep(0.1)
+
+
+def stop_api(api: Any) -> None:
+    """SIGTERM the gunicorn master (it stops its workers); SIGKILL its session after 15 s."""
+    import signal
+    import subprocess
+
+    if api.poll() is None:
+        api.send_signal(signal.SIGTERM)
+        try:
+            api.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(api.pid, signal.SIGKILL)  # its own session: the master and its workers only
+            api.wait()
+
+
 # -- memory ---------------------------------------------------------------------------------------------
 
 def proc_status_kb(name: str) -> int:
