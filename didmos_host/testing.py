@@ -12,6 +12,8 @@ Any project with ``didmos-host`` installed gets them (entry point ``pytest11``):
 ``didmos_own_overrides``
     the same with a slapd of the test module's own (module-scoped), for tests that must see only
     what they wrote.
+``running_dev(data_dir, port, password)``
+    a context manager (not a fixture) running ``didmos dev`` in a subprocess, for end-to-end tests.
 ``make_app``
     ``make_app(*plugins, **overrides)`` builds an app with throwaway ``plugins`` registered for this
     test only (objects or modules with ``@hookimpl`` functions) and extra settings ``overrides``.
@@ -31,6 +33,15 @@ from typing import Any
 import pytest
 
 SUPERADMIN_PASSWORD = "superadmin-test-password"
+#: The didmosUUID of the superadmin ``didmos directory init`` creates (setting ``ldap.superadmin.uuid``).
+SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP Basic credentials, for a test client's ``headers=``."""
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +72,40 @@ def running_slapd(path) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def running_dev(data_dir, port: int, password: str, *, timeout: float = 90) -> Iterator[str]:
+    """``didmos dev`` as a user runs it (its own slapd, redis, API and worker), in a subprocess; yields
+    the API's base URL and stops it all with Ctrl-C (SIGINT) on exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    data_dir = Path(data_dir)
+    log_path = data_dir.parent / f"{data_dir.name}-dev.log"
+    with open(log_path, "w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(data_dir), "--port", str(port),
+             "--admin-password", password],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + timeout
+            while "Ctrl-C stops everything" not in log_path.read_text():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"didmos dev did not start:\n{log_path.read_text()}")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture(scope="session")

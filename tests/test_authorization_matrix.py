@@ -11,7 +11,6 @@ that cell (a fresh user, role, session, ...), and names it with the cell's uniqu
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pytest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth as basic
 
 TENANT = "ou=default-tenant,dc=didmos,dc=de"
 PEOPLE = f"ou=people,ou=data,{TENANT}"
@@ -30,7 +29,6 @@ ORGANIZATIONS = f"ou=organizations,ou=data,{TENANT}"
 RBAC = f"ou=rbac,{TENANT}"
 STANDARDUSER = f"cn=standarduser,ou=roles,{RBAC}"
 SUPERADMIN_ROLE = f"cn=superadmin,ou=roles,{RBAC}"
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -38,10 +36,6 @@ ORGANIZATION = "urn:scim:schemas:custom:daasi:organization:2.0"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "count": 5}
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 ADMIN = basic(SUPERADMIN_ID, SUPERADMIN_PASSWORD)

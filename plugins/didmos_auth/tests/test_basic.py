@@ -9,7 +9,7 @@ import pytest
 from didmos_host import hookimpl
 from didmos_host.api import Blueprint, MethodView
 from didmos_host.app import current_actor
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_PASSWORD, basic_auth as basic
 from didmos_auth.basic import parse_basic
 from didmos_host.errors import AuthenticationFailed
 
@@ -40,10 +40,6 @@ class Probe:
     def didmos_ldap_pre_operation(self, operation, actor):
         if operation.kind == "bind":
             self.binds += 1
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Users log in with HTTP Basic (didmosUUID and password). They are created with th
 no password-reset flag, so their password works at once.
 """
 
-import base64
 import re
 import secrets
 import uuid
@@ -14,17 +13,13 @@ import ldap
 import ldap.modlist
 import pytest
 
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_PASSWORD, basic_auth as basic
 
 TENANT = "ou=default-tenant,dc=didmos,dc=de"
 PEOPLE = f"ou=people,ou=data,{TENANT}"
 RBAC = f"ou=rbac,{TENANT}"
 SUPERADMIN_UUID = "00000000-0000-0000-0000-000000000002"
 API = "/pdp/v1"
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 SUPERADMIN = basic(SUPERADMIN_UUID, SUPERADMIN_PASSWORD)

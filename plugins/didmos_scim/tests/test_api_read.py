@@ -1,22 +1,16 @@
 """Reading through both SCIM mounts, authenticated, decided by the PDP, against the real slapd."""
 
-import base64
 import uuid
 
 import pytest
 
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth as basic
 
 TENANT = "ou=default-tenant,dc=didmos,dc=de"
 PEOPLE = f"ou=people,ou=data,{TENANT}"
 RBAC = f"ou=rbac,{TENANT}"
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 LUI = "urn:scim:schemas:custom:daasi:lui:2.0"
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 ADMIN = basic(SUPERADMIN_ID, SUPERADMIN_PASSWORD)

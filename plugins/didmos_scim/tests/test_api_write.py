@@ -1,27 +1,21 @@
 """Writing through both SCIM mounts against the real slapd: create, replace, patch, delete, /Me, ETags."""
 
-import base64
 import uuid
 
 import ldap
 import pytest
 
 from didmos_host import hookimpl
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth as basic
 
 TENANT = "ou=default-tenant,dc=didmos,dc=de"
 PEOPLE = f"ou=people,ou=data,{TENANT}"
 RBAC = f"ou=rbac,{TENANT}"
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 LUI = "urn:scim:schemas:custom:daasi:lui:2.0"
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 ADMIN = basic(SUPERADMIN_ID, SUPERADMIN_PASSWORD)

@@ -1,15 +1,13 @@
 """SCIM Bulk (RFC 7644 section 3.7) against the real slapd: bulkId references, failOnErrors, the PDP, limits."""
 
-import base64
 import uuid
 
 import pytest
 
 from didmos_host import hookimpl
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth as basic
 from didmos_scim.bulk import bulk
 
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -19,10 +17,6 @@ BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 BULK_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:BulkResponse"
 SCIM_JSON = "application/scim+json"
 BASE = "http://localhost/scim/v2"
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 ADMIN = basic(SUPERADMIN_ID, SUPERADMIN_PASSWORD)

@@ -9,23 +9,19 @@ and a skipped check hides a missing feature just as an error shows one, so both 
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from scim2_client.engines.wsgi import WSGISCIMClient
 from scim2_tester import CheckResult, Status, check_server
-from werkzeug.serving import make_server
 
 from didmos_host.servers import free_port
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, running_dev
 
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 #: Statuses that say the server did what RFC 7644 asks (MUST, SHOULD or MAY). Everything else,
 #: SKIPPED included, is a failure here.
 PASSED = {Status.SUCCESS, Status.COMPLIANT, Status.ACCEPTABLE}
@@ -35,8 +31,7 @@ DATA_CHARS = 600
 
 
 def _authorization() -> str:
-    token = base64.b64encode(f"{SUPERADMIN_ID}:{SUPERADMIN_PASSWORD}".encode()).decode()
-    return f"Basic {token}"
+    return basic_auth(SUPERADMIN_ID, SUPERADMIN_PASSWORD)["Authorization"]
 
 
 def _describe(result: CheckResult) -> str:
@@ -77,16 +72,10 @@ def test_scim2_tester_finds_no_error_and_skips_nothing(own_app):
 
 
 @pytest.fixture
-def http_url(own_app):
-    """The app served over HTTP by a werkzeug server thread on a free port; yields the SCIM base URL."""
-    server = make_server("127.0.0.1", free_port(), own_app)
-    thread = threading.Thread(target=server.serve_forever, name="scim2-cli-target", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/scim/v2"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+def http_url(tmp_path):
+    """``didmos dev`` as a new user runs it (a fresh directory of its own); yields the SCIM base URL."""
+    with running_dev(tmp_path / "dev", free_port(), SUPERADMIN_PASSWORD) as url:
+        yield f"{url}/scim/v2"
 
 
 def test_scim2_cli_test_command_passes_over_http(http_url):

@@ -21,21 +21,19 @@ Where the document is inconsistent, the evident intent is replayed (``/work/shar
   is the one of the PATCH section, the same operation with ``"schemas": ["urn:...PatchOp"]``.
 """
 
-import base64
 import re
 import uuid
 
 import ldap
 import pytest
 
-from didmos_host.testing import SUPERADMIN_PASSWORD
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth as basic
 
 PREFIX = "/lui2_backend/v2"
 TENANT = "ou=default-tenant,dc=didmos,dc=de"
 DATA = f"ou=data,{TENANT}"
 PEOPLE = f"ou=people,{DATA}"
 RBAC = f"ou=rbac,{TENANT}"
-SUPERADMIN_ID = "00000000-0000-0000-0000-000000000002"
 SUPERADMIN_DN = f"didmosUUID={SUPERADMIN_ID},{PEOPLE}"
 LUI = "urn:scim:schemas:custom:daasi:lui:2.0"
 
@@ -63,10 +61,6 @@ ADD_EMAIL = ('{"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Op
 #: The PATCH example's ``--data`` as printed: not JSON (``"schemas": "..."]``).
 MALFORMED_PATCH = ('{"schemas": "urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations": [{"op": "add","value": '
                    '{"email": [ {"value": "max@muster.de","type": "home"}]}}]}')
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 #: The document's ``-H 'Content-Type: application/json' -H 'Authorization: Bearer ...'``, with Basic.
