@@ -374,6 +374,12 @@ def resource_rows(collection, one, body, replacement, change, created, deleted, 
 
 MATRIX: list[Row] = [
     Row("GET", "/healthz", PUBLIC),
+    # didmos as a token issuer (plugins/didmos_auth/tests/test_issuer.py covers the grants themselves)
+    Row("POST", "/oauth/token", (400,) * 6),  # no grant_type: unsupported_grant_type, whoever asks
+    Row("POST", "/oauth/revoke", (401, 400, 400, 400, 400, 400)),  # clients or a token's subject; no token given
+    Row("POST", "/oauth/introspect", (401,) * 6),  # registered clients only
+    Row("GET", "/oauth/jwks", PUBLIC),
+    Row("GET", "/.well-known/openid-configuration", PUBLIC),
     Row("GET", "/auth/whoami", ANY_USER),
 
     # -- SCIM, strict mount ------------------------------------------------------------------------------
