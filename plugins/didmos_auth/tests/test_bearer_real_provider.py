@@ -200,3 +200,27 @@ def test_wrong_introspection_credentials_are_503(make_provider_app, oidc_provide
                                introspection_client_secret="wrong").test_client()
     response = client.get("/auth/whoami", headers=bearer(oidc_provider.token(opaque=True)))
     assert response.status_code == 503 and "answered 401" in response.json["detail"]
+
+
+def test_tampered_unsigned_and_foreign_tokens_of_the_real_provider_are_refused(make_provider_app, oidc_provider,
+                                                                               make_app):
+    import base64
+    import json
+
+    def b64(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    def part(text: str) -> dict:
+        return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+    client = make_provider_app().test_client()
+    header, payload, signature = oidc_provider.token().split(".")
+    claims = part(payload)
+    tampered = f"{header}.{b64({**claims, 'sub': 'someone-else'})}.{signature}"
+    assert "signature" in refusal(client.get("/auth/whoami", headers=bearer(tampered)))
+    unsigned = f"{b64({**part(header), 'alg': 'none'})}.{payload}."
+    assert "none" in refusal(client.get("/auth/whoami", headers=bearer(unsigned)))
+    # an app that trusts another issuer: this provider's valid token is not for it
+    elsewhere = make_app(auth={"oidc": {"providers": [{"issuer": "http://127.0.0.1:9/other",
+                                                        "audience": API_RESOURCE}]}}).test_client()
+    assert "issuer" in refusal(elsewhere.get("/auth/whoami", headers=bearer(oidc_provider.token())))
