@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import click
     import flask
     from flask_smorest import Blueprint
@@ -183,6 +185,21 @@ def didmos_task_handlers() -> list[TaskHandler]:
 
     Called once when the host starts (API and worker alike). Tasks are enqueued by handler name; two
     handlers with the same name stop start-up.
+    """
+
+
+@hookspec
+def didmos_notification_template_dirs() -> list[Path]:
+    """Offer folders of notification (email) templates, to add templates or replace built-in ones.
+
+    Called once when the notification service is built (``Host.create``, when the plugin that sends
+    notifications is loaded). Returns a list of folders; each sub-folder not starting with ``_`` is one
+    template named after it, holding ``subject.txt`` and ``body.txt`` and optionally ``body.html``
+    (Jinja2; ``.html`` autoescaped). Other files are shared (``_layout.html``) and found by
+    ``{% extends %}`` and ``{% include %}``. Every implementation runs; for each template and each shared
+    file the first folder in call order that has it wins, whole, so a ``tryfirst`` implementation
+    replaces a built-in (``trylast``) template. Two plugins giving the same one at the same priority stop
+    start-up.
     """
 
 

@@ -32,7 +32,7 @@ SUPERADMIN_ROLE = f"cn=superadmin,ou=roles,{RBAC}"
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ORGANIZATION = "urn:scim:schemas:custom:daasi:organization:2.0"
+ORGANIZATION = "urn:didmos:params:scim:schemas:core:2.0:Organization"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SEARCH = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "count": 5}
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
@@ -342,6 +342,42 @@ def session_without_roles(make, cell):
     return {"session": make.session(cell.target, roles=[])}
 
 
+TASKS = "ou=tasks,ou=system,dc=didmos,dc=de"
+
+
+def task(make, cell):
+    """A task the superadmin submitted (didmos.ping: whatever runs it, nothing changes)."""
+    response = make.client.post("/tasks/v1/tasks", json={"name": "didmos.ping", "payload": {"value": cell.tag}},
+                                headers=ADMIN)
+    assert response.status_code == 202, f"setup: POST /tasks/v1/tasks -> {response.status_code} {response.json}"
+    return {"task": response.json["id"]}
+
+
+def failed_task(make, cell):
+    """A task that failed for good, written directly in LDAP (no worker needed)."""
+    task_id = str(uuid.uuid4())
+    make.world.conn.add_s(f"didmosTaskId={task_id},{TASKS}", [
+        ("objectClass", [b"didmosTask"]), ("didmosTaskId", [task_id.encode()]),
+        ("didmosTaskHandler", [b"didmos.ping"]), ("didmosTaskPayload", [b'{"value": 1}']),
+        ("didmosTaskState", [b"failed"]), ("didmosTaskAttempts", [b"1"]),
+        ("didmosTaskError", [b"RuntimeError: made for the matrix"])])
+    return {"task": task_id}
+
+
+def group_and_deputy(make, cell):
+    """A group, and a second superadmin: a request the superadmin files needs an approver other than itself."""
+    make.world.user(PEOPLE, SUPERADMIN_ROLE, STANDARDUSER)
+    return {"group": make.group()}
+
+
+def filed_request(make, cell):
+    """A join-group request the cell's target user filed for itself; it awaits the superadmin."""
+    response = make.client.post("/tasks/v1/requests", json={"kind": "join-group", "payload": {"group": make.group()}},
+                                headers=basic(cell.target, "pw"))
+    assert response.status_code == 201, f"setup: file a request -> {response.status_code} {response.json}"
+    return {"request": response.json["id"]}
+
+
 def user_rows(mount, users, created, deleted):
     """The rows of the User resource on one SCIM mount (``users``: the path of its collection)."""
     one = f"{users}{{id}}/" if mount == "lui" else f"{users}/{{id}}"
@@ -373,6 +409,27 @@ def resource_rows(collection, one, body, replacement, change, created, deleted, 
 
 
 MATRIX: list[Row] = [
+    # -- tasks: the outbox (superadmin only by default) ----------------------------------------------------
+    Row("GET", "/tasks/v1/tasks", SUPERADMIN_ONLY[200]),
+    Row("POST", "/tasks/v1/tasks", (401, 403, 403, 403, 403, 202),
+        body={"name": "didmos.ping", "payload": {"value": "{tag}"}}),
+    Row("GET", "/tasks/v1/tasks/{task}", SUPERADMIN_ONLY[200], setup=task),
+    Row("POST", "/tasks/v1/tasks/{task}/retry", (401, 403, 403, 403, 403, 202), setup=failed_task),
+    Row("GET", f"/tasks/v1/tasks/{NOBODY}", UNKNOWN, case="unknown task"),
+    # -- requests and approvals ----------------------------------------------------------------------------
+    Row("GET", "/tasks/v1/requests", ANY_USER),
+    Row("GET", "/tasks/v1/requests/kinds", ANY_USER),
+    # for oneself anyone; for another user `create` on Request for that user
+    Row("POST", "/tasks/v1/requests", (401, 201, 403, 403, 403, 201),
+        body={"kind": "join-group", "payload": {"user": "{id}", "group": "{group}"}}, setup=group_and_deputy),
+    # its requester, an approver, or `read` on Request
+    Row("GET", "/tasks/v1/requests/{request}", OWN[200], setup=filed_request),
+    # only an approver the current level awaits: not the requester, not a stranger
+    Row("POST", "/tasks/v1/requests/{request}/approve", SUPERADMIN_ONLY[200], body={"comment": "ok"},
+        setup=filed_request),
+    Row("POST", "/tasks/v1/requests/{request}/decline", SUPERADMIN_ONLY[200], body={"comment": "no"},
+        setup=filed_request),
+    Row("GET", f"/tasks/v1/requests/{NOBODY}", UNKNOWN, case="unknown request"),
     Row("GET", "/healthz", PUBLIC),
     # didmos as a token issuer (plugins/didmos_auth/tests/test_issuer.py covers the grants themselves)
     Row("POST", "/oauth/token", (400,) * 6),  # no grant_type: unsupported_grant_type, whoever asks

@@ -1,0 +1,235 @@
+"""A worker that dies mid-task, and deliveries redis lost: the task runs again and takes effect once.
+
+The crash is real: a worker process (what ``didmos worker`` runs: ``run_worker(Host.create())``, here with
+the test handlers as an extra plugin, because no setting or variable loads a plugin module that is
+not installed) is SIGKILLed with its work horse while the handler sleeps after its effect; a second
+worker finds the task's lease expired and runs it again.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import ldap
+import pytest
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+
+from didmos_host.host import Host
+from didmos_host.servers import RedisServer, free_port
+from didmos_host.tasks import run_worker
+from didmos_host.testing import SUPERADMIN_PASSWORD, running_slapd
+
+HERE = Path(__file__).parent
+#: A worker as `didmos worker` runs it, with the test handlers (outbox_handlers.py, on PYTHONPATH) loaded.
+WORKER = ("import outbox_handlers\n"
+          "from didmos_host.host import Host\n"
+          "from didmos_host.tasks import run_worker\n"
+          "run_worker(Host.create(extra_plugins=[outbox_handlers]))\n")
+
+
+def load_handlers():
+    """The test plugin module outbox_handlers.py (one module object for every test file)."""
+    if "outbox_handlers" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("outbox_handlers", HERE / "outbox_handlers.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["outbox_handlers"] = module
+    return sys.modules["outbox_handlers"]
+
+
+HANDLERS = load_handlers()
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory):
+    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persistence=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def overrides(slapd, own_redis):
+    return {"directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri, "bind_password": slapd.service_password,
+                          "superadmin_password": SUPERADMIN_PASSWORD},
+            "redis": {"url": own_redis.url}, "tasks": {"lease_seconds": 1.0, "dispatch_seconds": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def host(overrides):
+    host = Host.create(overrides, extra_plugins=[HANDLERS])
+    yield host
+    host.service("directory").close()
+
+
+@pytest.fixture
+def effect_entry(slapd, host):
+    """An entry the handler adds its task id to (``description``)."""
+    dn = f"cn=effect-{uuid.uuid4().hex[:8]},ou=system,{host.settings.ldap.base_dn}"
+    conn = slapd.admin_connection()
+    conn.add_s(dn, [("objectClass", [b"applicationProcess"]), ("cn", [ldap.dn.str2dn(dn)[0][0][1].encode()])])
+    conn.unbind_s()
+    return dn
+
+
+@pytest.fixture
+def workers(overrides, tmp_path):
+    """``start()`` a worker process (its output in ``worker-N.log``); every one still running is killed at the end."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text("".join(
+        f"[{namespace}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+        for namespace, values in overrides.items()))
+    env = {**os.environ, "DIDMOS_SETTINGS_FILES": str(settings), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    started = []
+
+    def start() -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, "-c", WORKER], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        started.append(process)
+        return process, log
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # rq's warm shutdown
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+
+
+def descriptions(host, dn) -> list[str]:
+    return host.service("directory").get(dn, ["description"]).values("description")
+
+
+def test_a_task_whose_worker_is_killed_mid_task_runs_again_and_takes_effect_once(host, workers, effect_entry,
+                                                                                  tmp_path):
+    outbox = host.service("outbox")
+    log = tmp_path / "runs.log"
+    first, first_log = workers()
+    task = outbox.submit("test.slow-effect", {"log": str(log), "entry": effect_entry, "sleep": 60})
+    started = wait_for(lambda: log.exists() and log.read_text().split(), 20, "the first run to start")
+    horse = int(started[1])
+    wait_for(lambda: descriptions(host, effect_entry), 10, "the effect of the first run")
+
+    # The machine dies: the worker and its work horse (a process group of its own) at once, no cleanup.
+    os.kill(first.pid, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)
+    first.wait(10)
+    running = outbox.get(task.id)
+    assert (running.state, running.attempts) == ("running", 1)
+
+    second, second_log = workers()
+    done = wait_for(lambda: (t := outbox.get(task.id)).state == "done" and t, 20, "the task to be done")
+
+    assert done.attempts == 2 and done.result == "effect applied"
+    assert descriptions(host, effect_entry) == [task.id]  # the handler ran twice, its effect is there once
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["start", "start", "done"] and lines[0] != lines[1]
+    assert f"task {task.id} delivered again: attempt 1 did not finish" in second_log.read_text()
+    assert second.poll() is None  # the second worker lives on; the fixture stops it
+
+
+def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(host, workers, effect_entry, tmp_path):
+    """The heartbeat renews the lease: the dispatchers a second worker runs meanwhile (every 0.5 s here, the
+    lease 1 s) leave a live task alone."""
+    outbox = host.service("outbox")
+    log = tmp_path / "runs.log"
+    logs = [workers()[1], workers()[1]]
+    task = outbox.submit("test.slow-effect", {"log": str(log), "entry": effect_entry, "sleep": 2.5})
+    wait_for(lambda: log.exists(), 20, "the task to start")
+    dispatched = sum(path.read_text().count("'didmos_tasks.dispatch'") for path in logs)
+    done = wait_for(lambda: (t := outbox.get(task.id)).state == "done" and t, 20, "the task to be done")
+    assert done.attempts == 1
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["start", "done"]
+    assert sum(path.read_text().count("'didmos_tasks.dispatch'") for path in logs) >= dispatched + 3
+
+
+def work(overrides):
+    worker = Host.create(overrides, extra_plugins=[HANDLERS])
+    try:
+        run_worker(worker, burst=True)
+    finally:
+        worker.service("directory").close()
+
+
+def test_a_task_whose_job_rq_gave_up_on_is_delivered_again(host, overrides, tmp_path):
+    """What rq's cleanup of its started-job registry does, minutes after a worker died: the job moves to the
+    failed registry as abandoned, while the entry still says running."""
+    outbox = host.service("outbox")
+    log = tmp_path / "runs.log"
+    task = outbox.submit("test.flaky", {"log": str(log), "fail_while": str(tmp_path / "no-such-flag")})
+    claimed = outbox._change(task, State="running", Attempts="1")  # a worker claimed it, then died
+    connection = redis.Redis.from_url(overrides["redis"]["url"])
+    job = Job.fetch(task.id, connection=connection)
+    with connection.pipeline() as pipeline:
+        job.set_status(JobStatus.FAILED, pipeline=pipeline)
+        FailedJobRegistry(job.origin, connection=connection).add(
+            job, exc_string="Moved to FailedJobRegistry, due to AbandonedJobError", pipeline=pipeline)
+        pipeline.execute()
+    connection.lrem(f"rq:queue:{job.origin}", 0, task.id)
+
+    report = outbox.dispatch()
+    assert report.redelivered == 1 and outbox.get(task.id).state == "queued"
+    work(overrides)
+
+    done = outbox.get(task.id)
+    assert (done.state, done.attempts) == ("done", 2) and claimed.attempts == 1
+    assert log.read_text().split() == [task.id]
+
+
+def test_tasks_redis_forgot_are_queued_again(host, overrides, own_redis, tmp_path):
+    """redis restarted without its data: queued tasks are in the outbox only; the dispatcher queues them again."""
+    outbox = host.service("outbox")
+    log = tmp_path / "runs.log"
+    tasks = [outbox.submit("test.record", {"log": str(log), "n": n}) for n in range(3)]
+    own_redis.stop()
+    own_redis.start()  # no persistence: empty
+
+    work(overrides)  # the dispatcher first, then what it queued
+
+    assert {outbox.get(task.id).state for task in tasks} == {"done"}
+    assert sorted(log.read_text().split()) == sorted(task.id for task in tasks)
+
+
+def test_a_task_whose_worker_keeps_dying_fails_once_its_attempts_are_used(host, overrides):
+    """A task that kills its worker every time (out of memory, say) must not be delivered for ever."""
+    outbox = host.service("outbox")
+    task = outbox.submit("test.record", {"log": "/dev/null"})
+    # test.record allows one attempt (retries=0); a worker claimed it and died.
+    outbox._change(task, State="running", Attempts="1")
+    Job.fetch(task.id, connection=redis.Redis.from_url(overrides["redis"]["url"])).delete()
+
+    assert outbox.dispatch().failed == 1
+    failed = outbox.get(task.id)
+    assert failed.state == "failed" and failed.attempts == 1
+    assert failed.error.startswith("attempt 1 did not finish") and failed.error.endswith("no attempts left")
