@@ -211,6 +211,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have been busy so far (/proc/stat: user, nice, system, irq,
+    softirq and steal), for telling what the measured processes used from what ran beside them."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def child_pids(pid: int) -> list[int]:
     """The direct children of a process (for gunicorn: its workers)."""
     children = []
@@ -226,15 +235,79 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+# -- LDAP operations per call, from slapd's access log -------------------------------------------------
+
+_LOG_MARKER = "bench-log-marker-"
+
+
+def logged_operations(bench: BenchDirectory, calls: list[Callable[[], Any]]) -> list[list[str]]:
+    """The LDAP operations slapd receives during each of ``calls``, run one after another (binds included).
+
+    slapd's access log (cn=accesslog) normally records successful writes only; it records every
+    operation, failed ones too (``olcAccessLogOps: all``, ``olcAccessLogSuccess: FALSE``), for the calls
+    alone, then the previous settings are put back. ``reqStart`` orders the log but does not time it, so
+    a marker search (``(cn=bench-log-marker-<nonce>-<k>)``, on a connection of this function's own) precedes
+    each call: what the log holds between two markers is one call's. Nothing else may talk to this
+    slapd meanwhile. Operations an overlay above accesslog refuses (sssvlv's BUSY) never reach the log.
+    Each operation is described as ``<type> <dn> <filter>``.
+    """
+    import ldap
+
+    config = bench.server.config_connection()
+    marker = raw_connection(bench.server.uri, bench.service_dn, bench.service_password)
+    prefix = f"(cn={_LOG_MARKER}{secrets.token_hex(4)}-"  # unlike the markers of an earlier call
+    [(overlay, _)] = config.search_s("cn=config", ldap.SCOPE_SUBTREE, "(objectClass=olcAccessLogConfig)", ["1.1"])
+    # Reading the log back as this process's own identity: without a limit of its own it gets 500 entries.
+    log_db = config.search_s("cn=config", ldap.SCOPE_ONELEVEL,
+                             "(&(objectClass=olcMdbConfig)(olcSuffix=cn=accesslog))", ["olcLimits"])[0]
+    unlimited = f'dn.exact="{bench.server.peercred_dn}" size=unlimited time=unlimited'.encode()
+    if unlimited not in log_db[1].get("olcLimits", []):
+        config.modify_s(log_db[0], [(ldap.MOD_ADD, "olcLimits", [unlimited])])
+    settings = ("olcAccessLogOps", "olcAccessLogSuccess")
+    previous = config.search_s(overlay, ldap.SCOPE_BASE, attrlist=list(settings))[0][1]
+    config.modify_s(overlay, [(ldap.MOD_REPLACE, "olcAccessLogOps", [b"all"]),
+                              (ldap.MOD_REPLACE, "olcAccessLogSuccess", [b"FALSE"])])
+    try:
+        for k, call in enumerate(calls):
+            marker.search_s(PEOPLE, ldap.SCOPE_BASE, f"{prefix}{k})", ["1.1"])
+            call()
+        marker.search_s(PEOPLE, ldap.SCOPE_BASE, f"{prefix}{len(calls)})", ["1.1"])
+    finally:
+        config.modify_s(overlay, [(ldap.MOD_REPLACE, name, previous[name]) for name in settings])
+        marker.unbind_s()
+    logged = config.search_s("cn=accesslog", ldap.SCOPE_ONELEVEL, "(objectClass=auditObject)",
+                             ["reqStart", "reqType", "reqDN", "reqFilter", "reqResult"])
+    config.unbind_s()
+    per_call: list[list[str]] = [[] for _ in calls]
+    current = None
+    for _, attrs in sorted(logged, key=lambda item: item[1]["reqStart"][0]):
+        text = {k: v[0].decode(errors="replace") for k, v in attrs.items()}
+        found = text.get("reqFilter", "")
+        if found.startswith(prefix):
+            current = int(found[len(prefix):-1])
+            continue
+        if found.startswith(f"(cn={_LOG_MARKER}"):
+            current = None  # an earlier call's marker
+            continue
+        if current is None or current >= len(calls):
+            continue  # before the first or after the last marker: no call's
+        what = " ".join(filter(None, (text["reqType"], text.get("reqDN", ""), found)))
+        if text.get("reqResult", "0") != "0":
+            what += f" -> result {text['reqResult']}"
+        per_call[current].append(what)
+    return per_call
+
+
 # -- the API in a subprocess ---------------------------------------------------------------------------
 
 def start_api(overrides: dict[str, Any], root: Path, *, workers: int, threads: int,
-              timeout: float = 30.0) -> tuple[Any, int]:
+              timeout: float = 30.0, env: dict[str, str] | None = None) -> tuple[Any, int]:
     """``didmos serve`` (gunicorn, gthread) in a subprocess of its own session, on a free loopback port.
 
     Configured by a settings file in ``root`` (mode 0600: it holds passwords) with ``overrides`` and the
     ``api`` settings; the access log goes to /dev/null and stderr to ``root/api.log``. Returns the
-    process (the gunicorn master) and the port once ``/healthz`` answers.
+    process (the gunicorn master) and the port once ``/healthz`` answers. ``env`` adds environment
+    variables for the server (``PYTHONPATH`` to a plugin that is not installed, for example).
     """
     import subprocess
     import sys
@@ -254,7 +327,7 @@ def start_api(overrides: dict[str, Any], root: Path, *, workers: int, threads: i
 
     settings.write_text("".join(table(ns, items) for ns, items in values.items()))
     settings.chmod(0o600)
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["DIDMOS_SETTINGS_FILES"] = ":".join(filter(None, [str(settings), env.get("DIDMOS_SETTINGS_FILES", "")]))
     log_path = root / "api.log"
     with log_path.open("w") as log:  # the child keeps its own descriptor
@@ -313,10 +386,11 @@ def reset_peak_rss() -> bool:
 # -- output ---------------------------------------------------------------------------------------------
 
 def rounded(figures: dict[str, float]) -> dict[str, float]:
-    """Figures with sensible precision: 3 decimals for ratios and ms, 1 for rates and MB."""
+    """Figures with sensible precision: 3 decimals for ratios, overheads (fractions) and ms, 1 for rates
+    and MB."""
     out = {}
     for key, value in figures.items():
-        if key.endswith(("_ratio", "_ms")):
+        if key.endswith(("_ratio", "_overhead", "_ms")):
             out[key] = round(value, 3)
         else:
             out[key] = round(value, 1)
@@ -330,3 +404,30 @@ def print_figures(figures: dict[str, float]) -> None:
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+# -- settings files and child processes -------------------------------------------------------------------
+
+def write_settings_file(values: dict[str, Any], path: Path) -> Path:
+    """``values`` (namespace -> settings, nested tables allowed) as a TOML settings file, mode 0600 (it holds
+    passwords), for child processes started with ``DIDMOS_SETTINGS_FILES`` pointing at it."""
+
+    def table(prefix: str, items: dict[str, Any]) -> str:
+        plain = "".join(f"{k} = {json.dumps(v)}\n" for k, v in items.items() if not isinstance(v, dict))
+        nested = "".join(table(f"{prefix}.{k}", v) for k, v in items.items() if isinstance(v, dict))
+        return f"[{prefix}]\n{plain}{nested}"
+
+    path.write_text("".join(table(ns, items) for ns, items in values.items()))
+    path.chmod(0o600)
+    return path
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process plus those of its children it has waited for (cutime,
+    cstime): for an rq worker, the parent and every work horse that finished."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
