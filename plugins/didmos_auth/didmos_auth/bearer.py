@@ -107,6 +107,38 @@ class InsufficientScope(OperationRejected, AuthenticationFailed):
                          challenges=[challenge], detail={"required_scope": scope})
 
 
+class AccountCache:
+    """The account a token's subject maps to, remembered for ``auth.credential_cache_seconds`` (as Basic
+    remembers a verified password), so a bearer request costs no directory search. A write to the
+    entry through didmos forgets it at once (``forget_dn``, from the post-operation hook); a change made
+    directly in LDAP is seen within the lifetime. 0 disables it."""
+
+    def __init__(self, lifetime: float, max_entries: int = 10000):
+        self.lifetime, self.max_entries = lifetime, max_entries
+        self._entries: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, issuer: str, subject: str):
+        found = self._entries.get((issuer, subject))
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, issuer: str, subject: str, entry) -> None:
+        if self.lifetime <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # bounded: a burst of new subjects starts it over
+            self._entries[(issuer, subject)] = (time.monotonic() + self.lifetime, entry)
+
+    def forget_dn(self, dn: str) -> None:
+        wanted = dn.lower()
+        with self._lock:
+            for key in [k for k, (_, entry) in self._entries.items() if entry.dn.lower() == wanted]:
+                del self._entries[key]
+
+
 def missing_scope(scopes: Mapping[str, Any], actor: Actor, operation: str) -> str | None:
     """The scope (``auth.scopes.read`` or ``.write``) a bearer actor lacks for ``operation``, or None.
 
@@ -511,6 +543,7 @@ class BearerAuthenticator:
                                                    max_age=float(settings.oidc.metadata_max_age_seconds))
                      for provider in self.providers}
         self.introspected = IntrospectionCache(float(settings.oidc.introspection_cache_seconds))
+        self.accounts = AccountCache(float(settings.credential_cache_seconds))
         self._jit_lock = threading.Lock()
 
     def _invalid(self, description: str, **kwargs) -> AuthenticationFailed:
@@ -650,7 +683,11 @@ class BearerAuthenticator:
         subject = claims.get(provider.claim)
         if not isinstance(subject, str) or not subject:
             raise self._invalid(f"the token has no {provider.claim} claim naming its user")
-        entry = self._find(provider, subject)
+        entry = self.accounts.get(provider.issuer, subject)
+        if entry is None:
+            entry = self._find(provider, subject)
+            if entry is not None:
+                self.accounts.put(provider.issuer, subject, entry)
         if entry is None and provider.jit:
             with self._jit_lock:  # two first requests of one subject in this process create one account
                 entry = self._find(provider, subject) or self._create_shadow(provider, subject, claims)

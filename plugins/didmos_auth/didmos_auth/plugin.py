@@ -216,3 +216,6 @@ def didmos_ldap_post_operation(operation, result, actor):
         authenticator = host.services.get("basic_auth") if host is not None else None
         if authenticator is not None:
             authenticator.cache.forget_dn(operation.dn)
+        bearer = host.services.get("bearer_auth") if host is not None else None
+        if bearer is not None:
+            bearer.accounts.forget_dn(operation.dn)

@@ -566,3 +566,31 @@ def test_parse_bearer():
     assert parse_bearer(None) is None and parse_bearer("Basic abc") is None
     assert parse_bearer("Bearer abc.def") == "abc.def" and parse_bearer("bearer  xyz ") == "xyz"
     assert parse_bearer("Bearer") == ""
+
+
+class Searches:
+    """Counts the directory searches of the requests made while it is installed."""
+
+    def __init__(self):
+        self.count = 0
+
+    @hookimpl
+    def didmos_ldap_post_operation(self, operation, result, actor):
+        if operation.kind == "search":
+            self.count += 1
+
+
+def test_the_account_of_a_subject_is_remembered_and_forgotten_on_a_write(make_app, issuer, new_user):
+    searches = Searches()
+    app = make_app(Probe(), searches, auth={"oidc": {"providers": [provider(issuer)]}})
+    client = app.test_client()
+    uid, user_uuid = new_user()
+    token = bearer(issuer.token(uid))
+    assert client.get("/auth/whoami", headers=token).status_code == 200
+    before = searches.count
+    assert client.get("/auth/whoami", headers=token).status_code == 200
+    assert searches.count == before  # the second request found the account without a search
+    with app.test_request_context():  # a write through didmos (as an API request makes it) forgets it
+        app.extensions["didmos"].service("directory").modify(
+            f"didmosUUID={user_uuid},{PEOPLE}", [(ldap.MOD_REPLACE, "didmosActive", [False])])
+    assert refusal(client.get("/auth/whoami", headers=token)) == "the account is deactivated"

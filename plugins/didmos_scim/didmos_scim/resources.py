@@ -126,14 +126,15 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
     """The mount's shape of one resource."""
     if mount.lui:
         pdp = current_host().service("pdp")
-        block = _lui_operations(pdp.operations(current_actor(), type_name, entry.dn))
+        subject = _subject(pdp)
+        block = _lui_operations(pdp.operations(current_actor(), type_name, entry.dn, subject))
         if type_name == "User":
             # the seeds' User: groups always present, the first mail also as "email", and the LUI
             # extension saying which roles the user holds and whether they reach beyond its own entry
             resource.setdefault("groups", [])
             if resource.get("emails"):
                 resource["email"] = resource["emails"][0]["value"]
-            readable = pdp.decide(current_actor(), Action("read", type_name, entry.dn)).attributes
+            readable = pdp.decide(current_actor(), Action("read", type_name, entry.dn), subject).attributes
             if readable is None or "didmosroleassignment" in {a.lower() for a in readable}:
                 roles, admin = pdp.role_summary(entry.values("didmosRoleAssignment"))
                 resource[LUI] = {"adminAccess": admin, "roles": roles}
@@ -157,6 +158,13 @@ def _finish(resource: dict, entry, type_name: str, mount: Mount, *, keyed_operat
     if attributes or excluded:
         resource = service().project(resource, type_name, attributes, excluded)
     return resource
+
+
+def _subject(pdp):
+    """The caller's roles as the PDP needs them, read once per request (a LUI page asks for every entry)."""
+    if "didmos_scim_subject" not in flask.g:
+        flask.g.didmos_scim_subject = pdp.subject(current_actor())
+    return flask.g.didmos_scim_subject
 
 
 def _lui_references(value, base_url: str) -> None:
