@@ -6,7 +6,6 @@ not installed) is SIGKILLed with its work horse while the handler sleeps after i
 worker finds the task's lease expired and runs it again.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,15 +16,14 @@ import uuid
 from pathlib import Path
 
 import ldap
+import outbox_handlers
 import pytest
 import redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from didmos_host.host import Host
-from didmos_host.servers import RedisServer, free_port
 from didmos_host.tasks import run_worker
-from didmos_host.testing import SUPERADMIN_PASSWORD, running_slapd
 
 HERE = Path(__file__).parent
 #: A worker as `didmos worker` runs it, with the test handlers (outbox_handlers.py, on PYTHONPATH) loaded.
@@ -35,45 +33,7 @@ WORKER = ("import outbox_handlers\n"
           "run_worker(Host.create(extra_plugins=[outbox_handlers]))\n")
 
 
-def load_handlers():
-    """The test plugin module outbox_handlers.py (one module object for every test file)."""
-    if "outbox_handlers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("outbox_handlers", HERE / "outbox_handlers.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["outbox_handlers"] = module
-    return sys.modules["outbox_handlers"]
-
-
-HANDLERS = load_handlers()
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory):
-    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def overrides(slapd, own_redis):
-    return {"directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri, "bind_password": slapd.service_password,
-                          "superadmin_password": SUPERADMIN_PASSWORD},
-            "redis": {"url": own_redis.url}, "tasks": {"lease_seconds": 1.0, "dispatch_seconds": 0.5}}
-
-
-@pytest.fixture(scope="module")
-def host(overrides):
-    host = Host.create(overrides, extra_plugins=[HANDLERS])
-    yield host
-    host.service("directory").close()
+HANDLERS = outbox_handlers  # loaded by conftest.py
 
 
 @pytest.fixture

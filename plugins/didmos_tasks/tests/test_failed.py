@@ -1,13 +1,12 @@
 """Failed attempts: back-off, the failed state once no attempt is left, the failed list and retry (API, CLI),
 and who may see them (the PDP: resource type ``Task``, the superadmin by default)."""
 
-import importlib.util
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
 
+import outbox_handlers
 import pytest
 import redis
 from click.testing import CliRunner
@@ -16,52 +15,13 @@ from rq.registry import ScheduledJobRegistry
 
 from didmos_host.app import create_app
 from didmos_host.host import Host
-from didmos_host.servers import RedisServer, free_port
 from didmos_host.tasks import run_worker
-from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, running_slapd
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth
 
 ADMIN = basic_auth(SUPERADMIN_ID, SUPERADMIN_PASSWORD)
 
 
-def load_handlers():
-    """The test plugin module outbox_handlers.py (one module object for every test file)."""
-    if "outbox_handlers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("outbox_handlers", Path(__file__).parent / "outbox_handlers.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["outbox_handlers"] = module
-    return sys.modules["outbox_handlers"]
-
-
-HANDLERS = load_handlers()
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory):
-    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def overrides(slapd, own_redis):
-    return {"directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri, "bind_password": slapd.service_password,
-                          "superadmin_password": SUPERADMIN_PASSWORD},
-            "redis": {"url": own_redis.url}, "tasks": {"lease_seconds": 1.0, "dispatch_seconds": 0.5}}
-
-
-@pytest.fixture(scope="module")
-def host(overrides):
-    host = Host.create(overrides, extra_plugins=[HANDLERS])
-    yield host
-    host.service("directory").close()
+HANDLERS = outbox_handlers  # loaded by conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ other module's tasks may be in sight) and real rq workers: ``run_worker(burst=Tr
 horse per job, as ``didmos worker`` does.
 """
 
-import importlib.util
-import sys
 import uuid
 from pathlib import Path
 
+import outbox_handlers
 import pytest
 import redis
 from rq import Queue
@@ -18,46 +17,14 @@ from rq.job import Job
 from didmos_host.app import create_app
 from didmos_host.errors import AlreadyExists, DidmosError
 from didmos_host.host import Host
-from didmos_host.servers import RedisServer, free_port
 from didmos_host.tasks import enqueue, run_worker
-from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, running_slapd
+from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth
 from didmos_tasks.outbox import RUNNER, submit
 
 ADMIN = basic_auth(SUPERADMIN_ID, SUPERADMIN_PASSWORD)
 
 
-def load_handlers():
-    """The test plugin module outbox_handlers.py (one module object for every test file)."""
-    if "outbox_handlers" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("outbox_handlers", Path(__file__).parent / "outbox_handlers.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["outbox_handlers"] = module
-    return sys.modules["outbox_handlers"]
-
-
-HANDLERS = load_handlers()
-
-
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory):
-    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"), port=free_port(), persistence=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def overrides(slapd, own_redis):
-    return {"directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri, "bind_password": slapd.service_password,
-                          "superadmin_password": SUPERADMIN_PASSWORD},
-            "redis": {"url": own_redis.url}, "tasks": {"lease_seconds": 1.0, "dispatch_seconds": 0.5}}
+HANDLERS = outbox_handlers  # loaded by conftest.py
 
 
 @pytest.fixture
