@@ -108,14 +108,19 @@ def didmos_directory_migrations():
             for path in sorted(SCHEMA_DIR.glob("*.ldif"))]
 
 
-@hookimpl(trylast=True)
-def didmos_directory_entries(settings):
-    dn = settings.tasks.base_dn
+def container_entries(dn: str, description: str) -> list[DirectoryEntry]:
+    """The organizational unit ``dn`` as an entry for `didmos directory init`; none when its RDN is not
+    ``ou=`` (a container of another kind, which the operator provides)."""
     (attr, value, _), = ldap.dn.str2dn(dn)[0]
-    if attr.lower() != "ou":  # another RDN type: a container the operator provides
+    if attr.lower() != "ou":
         return []
     return [DirectoryEntry(dn=dn, attributes={"objectClass": ["organizationalUnit"], "ou": [value],
-                                              "description": ["the task outbox (didmos_tasks)"]})]
+                                              "description": [description]})]
+
+
+@hookimpl(trylast=True)
+def didmos_directory_entries(settings):
+    return container_entries(settings.tasks.base_dn, "the task outbox (didmos_tasks)")
 
 
 # -- didmos tasks ... -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dynaconf import Validator
 
 from didmos_host import hookimpl
 from didmos_host.errors import AlreadyExists, PreconditionFailed
-from didmos_host.records import DirectoryEntry, SchemaMigration, SettingsNamespace, TaskHandler
+from didmos_host.records import SchemaMigration, SettingsNamespace, TaskHandler
 from didmos_tasks.requests import ACT_TASK, SWEEP_TASK, Conflict, InvalidRequest, Requests, run_action, run_sweep
 
 SCHEMA_DIR = Path(__file__).parent / "requests_schema"
@@ -104,12 +104,9 @@ def didmos_directory_migrations():
 
 @hookimpl(trylast=True)
 def didmos_directory_entries(settings):
-    dn = settings.requests.base_dn
-    (attr, value, _), = ldap.dn.str2dn(dn)[0]
-    if attr.lower() != "ou":  # another RDN type: a container the operator provides
-        return []
-    return [DirectoryEntry(dn=dn, attributes={"objectClass": ["organizationalUnit"], "ou": [value],
-                                              "description": ["requests and approvals (didmos_tasks)"]})]
+    from didmos_tasks.plugin import container_entries
+
+    return container_entries(settings.requests.base_dn, "requests and approvals (didmos_tasks)")
 
 
 # -- the built-in kinds ------------------------------------------------------------------------------------
