@@ -301,13 +301,14 @@ def logged_operations(bench: BenchDirectory, calls: list[Callable[[], Any]]) -> 
 # -- the API in a subprocess ---------------------------------------------------------------------------
 
 def start_api(overrides: dict[str, Any], root: Path, *, workers: int, threads: int,
-              timeout: float = 30.0, env: dict[str, str] | None = None) -> tuple[Any, int]:
+              timeout: float = 30.0, env: dict[str, str] | None = None, port: int | None = None) -> tuple[Any, int]:
     """``didmos serve`` (gunicorn, gthread) in a subprocess of its own session, on a free loopback port.
 
     Configured by a settings file in ``root`` (mode 0600: it holds passwords) with ``overrides`` and the
     ``api`` settings; the access log goes to /dev/null and stderr to ``root/api.log``. Returns the
     process (the gunicorn master) and the port once ``/healthz`` answers. ``env`` adds environment
-    variables for the server (``PYTHONPATH`` to a plugin that is not installed, for example).
+    variables for the server (``PYTHONPATH`` to a plugin that is not installed, for example); ``port``
+    (default: a free one) restarts a server where its clients expect it.
     """
     import subprocess
     import sys
@@ -315,7 +316,7 @@ def start_api(overrides: dict[str, Any], root: Path, *, workers: int, threads: i
 
     from didmos_host.servers import free_port
 
-    port = free_port()
+    port = port or free_port()
     values = {**overrides, "api": {**overrides.get("api", {}), "host": "127.0.0.1", "port": port,
                                    "workers": workers, "threads": threads}}
     settings = root / "bench-api-settings.toml"

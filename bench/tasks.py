@@ -8,7 +8,12 @@ then, in alternating slices:
 
 - didmos: ``host.service("outbox").submit("didmos.ping", payload)`` (stored, queued, run by the
   execution wrapper, marked done), then wait for the job's rq result;
-- bare: ``Queue("bench-bare").enqueue("tasks.noop", "didmos.ping", payload)``, then wait the same way.
+- bare: ``Queue("bench-bare").enqueue("tasks.noop", "didmos.ping", payload)``, then wait the same way;
+- rq job on the didmos worker: ``Queue("default").enqueue("operator.eq", "didmos.ping", payload)``
+  (a function of a module every Python process has loaded, as ``tasks.noop`` is in the bare workers),
+  run by the didmos workers: no outbox, but the didmos worker process (every plugin loaded; forked per job with
+  ``worker.mode = "fork"``, run in the worker itself with ``simple``, the default). It splits
+  didmos's overhead into the worker's weight and the outbox's own work.
 
 Latency is enqueue to the rq result (written after the outbox entry is ``done``); tasks/s are per
 second of wall time. Then the LDAP operations of a few tasks (slapd's access log), and approvals: a
@@ -35,6 +40,10 @@ import uuid
 from pathlib import Path
 
 QUEUE_BARE = "bench-bare"
+#: The queue of the rq-job-on-the-didmos-worker side: one the didmos workers listen on.
+QUEUE_ON_DIDMOS = "default"
+#: The sides of the task comparison, in the order they run in each round.
+KINDS = ("bare", "rq_on_didmos", "didmos")
 PING = "didmos.ping"
 SUPERADMIN_UUID = "00000000-0000-0000-0000-000000000002"
 
@@ -148,15 +157,17 @@ def task_sides(host, redis_url: str, submitters: int):
     from _common import Side
 
     outbox = host.service("outbox")
-    failures = {"didmos": 0, "bare": 0}
+    failures = dict.fromkeys(KINDS, 0)
 
     def make(kind: str) -> Side:
         connection = redis.Redis.from_url(redis_url)  # its own: XREAD blocks it
-        queue = Queue(QUEUE_BARE, connection=connection)
+        queue = Queue(QUEUE_ON_DIDMOS if kind == "rq_on_didmos" else QUEUE_BARE, connection=connection)
 
         def op(payload):
             if kind == "didmos":
                 job_id = outbox.submit(PING, payload).id
+            elif kind == "rq_on_didmos":
+                job_id = queue.enqueue("operator.eq", PING, payload).id  # loaded in the worker already
             else:
                 job_id = queue.enqueue("tasks.noop", PING, payload).id
             result = Result.fetch_latest(Job(job_id, connection=connection), timeout=30)
@@ -165,18 +176,18 @@ def task_sides(host, redis_url: str, submitters: int):
 
         return Side(op, prepare=lambda: {"n": 1})
 
-    return ([make("didmos") for _ in range(submitters)], [make("bare") for _ in range(submitters)], failures)
+    return {kind: [make(kind) for _ in range(submitters)] for kind in KINDS}, failures
 
 
 def measure_tasks(host, redis_url: str, args, pids: dict[str, list[int]]) -> dict[str, float]:
     from _common import Sample, process_tree_cpu_seconds, run_concurrently
 
-    didmos, bare, failures = task_sides(host, redis_url, args.submitters)
-    run_concurrently(bare, args.warmup, record=False)
-    run_concurrently(didmos, args.warmup, record=False)
+    sides, failures = task_sides(host, redis_url, args.submitters)
+    for kind in KINDS:
+        run_concurrently(sides[kind], args.warmup, record=False)
     for kind in failures:
         failures[kind] = 0
-    wall = {"didmos": 0.0, "bare": 0.0}
+    wall = dict.fromkeys(KINDS, 0.0)
     cpu = {kind: {who: 0.0 for who in pids} | {"bench": 0.0} for kind in wall}
 
     def cpu_now():
@@ -186,23 +197,23 @@ def measure_tasks(host, redis_url: str, args, pids: dict[str, list[int]]) -> dic
 
     import redis
     stats = redis.Redis.from_url(redis_url)
-    commands = {"didmos": 0, "bare": 0}
+    commands = dict.fromkeys(KINDS, 0)
 
     def commands_now():
         return sum(v["calls"] for v in stats.info("commandstats").values())
 
     rounds = max(1, round(args.seconds / args.slice))
     for _ in range(rounds):
-        for kind, sides in (("bare", bare), ("didmos", didmos)):
+        for kind in KINDS:
             before, calls = cpu_now(), commands_now()
-            wall[kind] += run_concurrently(sides, args.seconds / rounds)
+            wall[kind] += run_concurrently(sides[kind], args.seconds / rounds)
             after = cpu_now()
             commands[kind] += commands_now() - calls - 1  # the INFO itself
             for who in after:
                 cpu[kind][who] += after[who] - before[who]
     figures: dict[str, float] = {}
-    for kind, sides in (("didmos", didmos), ("bare", bare)):
-        sample = Sample([x for side in sides for x in side.sample.latencies])
+    for kind in KINDS:
+        sample = Sample([x for side in sides[kind] for x in side.sample.latencies])
         done = len(sample.latencies)
         figures[f"{kind}_tasks_per_s"] = done / wall[kind]
         figures[f"{kind}_p50_ms"] = sample.quantile_ms(0.5)
@@ -210,11 +221,14 @@ def measure_tasks(host, redis_url: str, args, pids: dict[str, list[int]]) -> dic
         figures[f"{kind}_tasks"] = done
         figures[f"{kind}_failed"] = failures[kind]
         figures[f"{kind}_redis_commands_per_task"] = commands[kind] / done if done else 0.0
-        workers = pids["workers" if kind == "didmos" else "bare_workers"]
+        workers = pids["bare_workers" if kind == "bare" else "workers"]
         figures[f"{kind}_worker_rss_mb"] = sum(rss_mb(p) for p in workers) / len(workers)
         for who, seconds in cpu[kind].items():
             figures[f"{kind}_cpu_{who}_ms_per_task"] = seconds * 1000 / done if done else 0.0
     figures["outbox_vs_rq_ratio"] = figures["didmos_tasks_per_s"] / figures["bare_tasks_per_s"]
+    # The split: the didmos worker alone (its weight), and the outbox on that worker.
+    figures["didmos_worker_vs_rq_ratio"] = figures["rq_on_didmos_tasks_per_s"] / figures["bare_tasks_per_s"]
+    figures["outbox_vs_rq_on_didmos_ratio"] = figures["didmos_tasks_per_s"] / figures["rq_on_didmos_tasks_per_s"]
     figures["latency_ratio"] = figures["bare_p50_ms"] / figures["didmos_p50_ms"]
     return figures
 
@@ -230,8 +244,8 @@ def rss_mb(pid: int) -> float:
 
 def count_ldap_operations(bench, host, redis_url: str, count: int) -> list[list[str]]:
     """The LDAP operations of ``count`` didmos tasks, one after another (submit to rq result)."""
-    didmos, _, _ = task_sides(host, redis_url, 1)
-    side = didmos[0]
+    sides, _ = task_sides(host, redis_url, 1)
+    side = sides["didmos"][0]
     return __import__("_common").logged_operations(bench, [lambda: side.op({"n": 1}) for _ in range(count)])
 
 
@@ -364,21 +378,26 @@ def main() -> None:
             pids = {"workers": [w.pid for w in workers[:args.workers]],
                     "bare_workers": [w.pid for w in workers[args.workers:]],
                     "slapd": [bench.server.pid], "redis": [redis_server.pid]}
-            print(f"workers: {args.workers} x run_worker (`didmos worker`; didmos.ping on queue default), "
+            print(f"workers: {args.workers} x run_worker (`didmos worker`, worker.mode {host.settings.worker.mode}; "
+                  f"didmos.ping on queue default), "
                   f"{args.workers} x rq.Worker on {QUEUE_BARE}; a private redis")
 
             figures.update(measure_tasks(host, redis_server.url, args, pids))
             print(f"{'':28}{'tasks/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU ms per task: workers+horses, slapd, "
                   f"redis, submitter")
-            for kind, label in (("bare", "bare rq job"), ("didmos", "didmos outbox task")):
+            for kind, label in (("bare", "bare rq job"), ("rq_on_didmos", "rq job, didmos worker"),
+                                ("didmos", "didmos outbox task")):
                 cpu_workers = figures[f"{kind}_cpu_workers_ms_per_task"] + figures[f"{kind}_cpu_bare_workers_ms_per_task"]
                 print(f"{label:28}{figures[f'{kind}_tasks_per_s']:9.1f}{figures[f'{kind}_p50_ms']:9.2f}"
                       f"{figures[f'{kind}_p99_ms']:9.2f}   {cpu_workers:6.2f} {figures[f'{kind}_cpu_slapd_ms_per_task']:6.2f}"
                       f" {figures[f'{kind}_cpu_redis_ms_per_task']:6.2f} {figures[f'{kind}_cpu_bench_ms_per_task']:6.2f}"
                       f"   ({figures[f'{kind}_tasks']:.0f} tasks, {figures[f'{kind}_failed']:.0f} failed)")
-            print(f"redis commands per task: bare {figures['bare_redis_commands_per_task']:.1f}, didmos "
-                  f"{figures['didmos_redis_commands_per_task']:.1f}; worker RSS (each fork starts from it): bare "
+            print(f"redis commands per task: bare {figures['bare_redis_commands_per_task']:.1f}, rq job on the "
+                  f"didmos worker {figures['rq_on_didmos_redis_commands_per_task']:.1f}, didmos "
+                  f"{figures['didmos_redis_commands_per_task']:.1f}; worker RSS (a fork starts from it): bare "
                   f"{figures['bare_worker_rss_mb']:.0f} MB, didmos {figures['didmos_worker_rss_mb']:.0f} MB")
+            print(f"split: didmos worker / bare worker (same rq job) {figures['didmos_worker_vs_rq_ratio']:.3f}; "
+                  f"outbox task / rq job on the didmos worker {figures['outbox_vs_rq_on_didmos_ratio']:.3f}")
             ratio = figures["outbox_vs_rq_ratio"]
             print(f"outbox_vs_rq_ratio (didmos tasks/s / bare) {ratio:.3f}   target >= 0.667: "
                   f"{'ok' if ratio >= 1 / 1.5 else 'SHORT'}")

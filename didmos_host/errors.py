@@ -70,6 +70,13 @@ class Unavailable(DidmosError):
     status = 503
 
 
+class PermanentTaskError(DidmosError):
+    """A task handler failed in a way that running it again cannot fix (the mail server refused the
+    recipient, the payload names something that does not exist): the task fails now, without the
+    retries its handler has left. Raise it (or a subclass) from a handler; any other exception is
+    retried with the handler's back-off."""
+
+
 # Directory outcomes every API maps to a status. They live in the host so that API plugins need not
 # import the LDAP plugin to catch them.
 

@@ -190,9 +190,9 @@ class Lifecycle:
             except (PreconditionFailed, NotFound):
                 continue
             try:
-                notifications.notify("account-expiring", mail,
-                                     user_name=entry.first("uid") or entry.first("displayName") or entry.first("cn"),
-                                     expires=end.strftime("%Y-%m-%d"))
+                notifications.send("account-expiring", mail,
+                                   {"user_name": entry.first("uid") or entry.first("displayName") or entry.first("cn"),
+                                    "expires": end.strftime("%Y-%m-%d")}, key=f"reminder:{entry.dn}:{record}")
                 reminded.append(entry.dn)
             except Exception:  # noqa: BLE001 - one bad address must not stop the sweep
                 log.exception("reminder %s to %s for %s failed", record, mail, entry.dn)
@@ -353,8 +353,10 @@ class Lifecycle:
         entry = self.directory.get(dn, ["mail", "uid", "displayName", "cn"])
         if entry is None or not entry.first("mail"):
             return {"skipped": "no such user or no mail address"}
-        job = notifications.notify("welcome", entry.first("mail"),
-                                   user_name=entry.first("uid") or entry.first("displayName") or entry.first("cn"))
+        # Keyed: a welcome task that runs again (its worker died) submits no second mail.
+        job = notifications.send("welcome", entry.first("mail"),
+                                 {"user_name": entry.first("uid") or entry.first("displayName") or entry.first("cn")},
+                                 key=f"welcome:{dn}")
         return {"notified": entry.first("mail"), "job": job}
 
 

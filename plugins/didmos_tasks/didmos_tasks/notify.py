@@ -1,8 +1,11 @@
 """Notifications: email rendered from templates and sent over SMTP by the task worker.
 
-The API side only validates and enqueues (:func:`notify`); the worker renders the template again and
-talks to the SMTP server in the task ``didmos.notify.email``, which rq retries with back-off. So a slow
-or unreachable mail server never holds up the request that caused the mail.
+The API side only validates and submits (:func:`notify`): the task ``didmos.notify.email`` is stored in
+the task outbox (:mod:`didmos_tasks.outbox`) before it is queued, so a mail accepted while redis is down
+is sent once it is back. The worker renders the template again and talks to the SMTP server; what may
+pass (server down, 4xx) is retried with back-off, a refusal (5xx) fails the task at once
+(:class:`~didmos_host.errors.PermanentTaskError`). So a slow or unreachable mail server never holds up
+the request that caused the mail.
 
 Templates are Jinja2, found through the ``didmos_notification_template_dirs`` hook: a folder per
 template (``welcome/subject.txt``, ``welcome/body.txt``, optionally ``welcome/body.html``) plus shared
@@ -30,9 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import rq
 
-from didmos_host.errors import DidmosError, PluginError, Unavailable
+from didmos_host.errors import DidmosError, PermanentTaskError, PluginError, Unavailable
 from didmos_host.host import Host
 from didmos_host.tasks import TaskContext, enqueue
 
@@ -62,7 +64,7 @@ class DeliveryFailed(DidmosError):
     status = 503
 
 
-class DeliveryRefused(DidmosError):
+class DeliveryRefused(PermanentTaskError):
     """The SMTP server refused the message for good (5xx), or it cannot be rendered; never retried."""
 
     status = 502
@@ -212,14 +214,26 @@ class Notifications:
         return self.host.settings.notify
 
     def notify(self, template: str, to: str | list[str], /, **context: Any) -> str | None:
-        """Queue email ``template`` rendered with ``context`` to ``to``; return the task's job id at once.
+        """Submit email ``template`` rendered with ``context`` to ``to``; return the task's id at once.
+
+        See :meth:`send`, which also takes an idempotency key.
+        """
+        return self.send(template, to, context)
+
+    def send(self, template: str, to: str | list[str], context: dict[str, Any] | None = None, *,
+             key: str | None = None) -> str | None:
+        """Submit email ``template`` rendered with ``context`` to ``to`` as an outbox task; its id, at once.
 
         Raises :class:`NotificationError` for an unknown template, a bad address, a value the template
-        needs but did not get, or a context that does not survive JSON. Returns ``None`` without
-        queueing when ``notify.enabled`` is false, or when the task queue cannot be reached (logged as
-        an error: the change that caused the mail happened already, and failing its request now would
-        only make the client repeat it).
+        needs but did not get, or a context that does not survive JSON. The task is stored in the
+        directory before it is queued: with redis down it waits there and is sent once redis is back.
+        ``key`` makes it one mail per key (a second send with the same key returns the first task).
+        Returns ``None`` without submitting when ``notify.enabled`` is false, or when the directory
+        cannot store it (logged as an error: the change that caused the mail happened already, and
+        failing its request now would only make the client repeat it). Without the outbox plugin
+        (``didmos_tasks`` disabled) the mail goes straight onto rq, and is lost while redis is down.
         """
+        context = {} if context is None else context
         recipients = [str(parse_address(value)) for value in ([to] if isinstance(to, str) else to)]
         if not recipients:
             raise NotificationError(f"notification {template!r} has no recipient")
@@ -237,6 +251,8 @@ class Notifications:
             return None
         payload = {"template": template, "to": recipients, "context": context}
         try:
+            if "outbox" in self.host.services:
+                return self.host.service("outbox").submit(HANDLER_NAME, payload, key=key).id
             return enqueue(self.host, HANDLER_NAME, payload)
         except Unavailable as exc:
             log.error("notification %r to %s lost: %s", template, ", ".join(recipients), exc.message)
@@ -262,8 +278,8 @@ class Notifications:
     def deliver(self, payload: dict[str, Any], *, job_id: str | None = None) -> dict[str, Any]:
         """Render and send one queued notification (what the task ``didmos.notify.email`` does).
 
-        Raises :class:`DeliveryFailed` when it may work later and :class:`DeliveryRefused` when it never
-        will; on the latter, rq is told not to retry.
+        Raises :class:`DeliveryFailed` when it may work later (retried) and :class:`DeliveryRefused`, a
+        :class:`~didmos_host.errors.PermanentTaskError`, when it never will (the task fails at once).
         """
         if not self.settings.enabled:
             log.warning("notification %r not sent: notify.enabled is false in the worker's settings",
@@ -277,7 +293,6 @@ class Notifications:
             to = [str(parse_address(value)) for value in to]
             message = self.message(self.templates.render(template, context), to, job_id=job_id)
         except (KeyError, NotificationError) as exc:
-            _give_up()
             reason = exc.message if isinstance(exc, DidmosError) else f"the task payload has no {exc}"
             raise DeliveryRefused(f"notification cannot be made: {reason}; not retried") from exc
         refused = self._send(message)
@@ -308,15 +323,13 @@ class Notifications:
             answers = "; ".join(f"{rcpt}: {code} {text.decode(errors='replace')}"
                                 for rcpt, (code, text) in exc.recipients.items())
             if all(code >= 500 for code, _ in exc.recipients.values()):
-                _give_up()
-                raise DeliveryRefused(f"{server} refused every recipient: {answers}; not retried") from exc
+                    raise DeliveryRefused(f"{server} refused every recipient: {answers}; not retried") from exc
             raise DeliveryFailed(f"{server} refused every recipient for now: {answers}") from exc
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             answer = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
             stage = "the sender" if isinstance(exc, smtplib.SMTPSenderRefused) else "the message"
             if exc.smtp_code >= 500:
-                _give_up()
-                raise DeliveryRefused(f"{server} refused {stage}: {answer}; not retried") from exc
+                    raise DeliveryRefused(f"{server} refused {stage}: {answer}; not retried") from exc
             raise DeliveryFailed(f"{server} refused {stage} for now: {answer}") from exc
         except smtplib.SMTPAuthenticationError as exc:
             answer = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
@@ -332,22 +345,15 @@ class Notifications:
             raise DeliveryFailed(f"{server} cannot take the message now: {type(exc).__name__}: {exc}") from exc
 
 
-def _give_up() -> None:
-    """Tell rq not to retry the running job: a refusal or a broken template fails the same way again."""
-    job = rq.get_current_job()
-    if job is not None:
-        # rq retries a failed job while retries_left > 0, reading it from this very object.
-        job.retries_left = 0
-
-
 def send_email(payload: dict[str, Any], context: TaskContext) -> dict[str, Any]:
     """The task ``didmos.notify.email``: render ``payload["template"]`` and send it to ``payload["to"]``."""
     return context.host.service("notifications").deliver(payload, job_id=context.job_id)
 
 
 def notify(host: Host, template: str, to: str | list[str], /, **context: Any) -> str | None:
-    """Queue email ``template`` to ``to`` (one address or a list) with ``context``; see :meth:`Notifications.notify`.
+    """Submit email ``template`` to ``to`` (one address or a list) with ``context``; see :meth:`Notifications.send`.
 
-    Returns at once: the job id, or ``None`` when notifications are off or the queue is unreachable.
+    Returns at once: the task id (also the rq job id), or ``None`` when notifications are off or the
+    directory cannot store the task.
     """
     return host.service("notifications").notify(template, to, **context)

@@ -12,8 +12,10 @@ below ``tasks.base_dn``::
 
 The rq job id is the task id, so a task is in redis at most once. States:
 
-``pending``  stored, not (yet) in redis: redis was down. The dispatcher queues it.
-``queued``   in redis, waiting for a worker (or for the back-off after a failed attempt).
+``pending``  stored, and queued in redis unless redis was down; no attempt started yet. The dispatcher
+             queues those redis does not hold.
+``queued``   waiting for another attempt: after a failed one (rq runs the job again after the back-off),
+             or delivered again by the dispatcher after a lost one.
 ``running``  a worker claimed it: it holds the task's *lease* in redis and renews it every third of
              ``tasks.lease_seconds`` while the handler runs.
 ``done``     the handler returned. A task that is done never runs again: a delivery that finds it done
@@ -21,8 +23,10 @@ The rq job id is the task id, so a task is in redis at most once. States:
 ``failed``   the last attempt failed and none is left (``TaskHandler.retries`` + 1 attempts in all);
              ``retry`` starts it over.
 
-Every change of state is a compare-and-swap on the entry's ``entryCSN`` (LDAP assertion control), so
-the submitter, workers and dispatchers never overwrite each other's decisions.
+Every change of state is conditional (LDAP assertion control): a worker claims a task in one modify
+that asserts it is ``pending`` or ``queued`` with attempts left (so of two claimers one wins), and
+every other change is a compare-and-swap on the ``entryCSN`` read, so the submitter, workers and
+dispatchers never overwrite each other's decisions.
 
 The dispatcher (:meth:`Outbox.dispatch`), run every ``tasks.dispatch_seconds`` by each ``didmos
 worker`` as the rq job ``didmos_tasks.dispatch``, queues ``pending`` tasks and delivers again every
@@ -55,7 +59,9 @@ import rq
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from didmos_host.errors import AlreadyExists, DidmosError, NotFound, PreconditionFailed, Unavailable
+from didmos_host.errors import (
+    AlreadyExists, DidmosError, NotFound, PermanentTaskError, PreconditionFailed, Unavailable,
+)
 from didmos_host.records import Actor, TaskHandler
 from didmos_host.tasks import TaskContext, connect, enqueue, enqueue_for_period, validate, worker_host
 
@@ -73,12 +79,18 @@ MAX_RESULT_BYTES = 65536
 MAX_ERROR_CHARS = 4000
 #: Attempts allowed when the handler is unknown here: TaskHandler's default retries.
 DEFAULT_RETRIES = next(f.default for f in dataclasses.fields(TaskHandler) if f.name == "retries")
+#: Attempts a task may lose to a dying worker (killed, out of memory) beyond its handler's retries:
+#: the task runs again after a crash even when its handler allows no retry, and one that kills every
+#: worker that runs it fails after this many more deliveries instead of being delivered for ever.
+LOST_ATTEMPTS_ALLOWED = 2
 #: rq job statuses that mean a delivery is still on its way to a worker.
 WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED,
            JobStatus.READY_TO_ENQUEUE, JobStatus.RATE_LIMITED)
 ATTRIBUTES = ["didmosTaskId", "didmosTaskHandler", "didmosTaskPayload", "didmosTaskState", "didmosTaskAttempts",
               "didmosTaskKey", "didmosTaskError", "didmosTaskResult", "didmosTaskActor", "didmosTaskStarted",
               "didmosTaskFinished", "createTimestamp", "entryCSN"]
+#: What a worker's claim reads back (Post-Read): the new version and attempt count, nothing to decode at length.
+CLAIM_READ_BACK = ["entryCSN", "didmosTaskAttempts"]
 LEASE_PREFIX = "didmos:tasks:lease:"
 DISPATCHER_LOCK = "didmos:tasks:dispatcher"
 
@@ -137,7 +149,7 @@ class Task:
 class DispatchReport:
     """What one run of the dispatcher did."""
 
-    queued: int = 0       # pending tasks put into redis
+    queued: int = 0       # pending tasks put into redis (redis did not hold them)
     redelivered: int = 0  # queued or running tasks whose delivery was lost, queued again
     failed: int = 0       # tasks whose worker died on their last attempt
     purged: int = 0       # entries of done tasks older than tasks.keep_done_seconds, deleted
@@ -244,6 +256,7 @@ class Outbox:
         self.keep_done_seconds = int(cfg.keep_done_seconds)
         self.list_limit = int(cfg.list_limit)
         self._redis: redis.Redis | None = None
+        self._kicked: int | None = None  # the dispatcher period this process last queued the dispatcher in
 
     @property
     def directory(self):
@@ -264,6 +277,12 @@ class Outbox:
     def _retries(self, name: str) -> int:
         handler = self._handler(name)
         return handler.retries if handler is not None else DEFAULT_RETRIES
+
+    def _deliveries(self, name: str) -> int:
+        """How many attempts a task may start in all (the limit its claim asserts): its retries + 1, and
+        at least :data:`LOST_ATTEMPTS_ALLOWED` + 1, so that a worker killed mid-task does not use up a
+        handler's only attempt (a handler's own failures still count against its retries alone)."""
+        return max(self._retries(name), LOST_ATTEMPTS_ALLOWED) + 1
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -304,27 +323,38 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def _change(self, task: Task, **values: Any) -> Task | None:
+    def _change(self, task: Task, *, read: bool = True, **values: Any) -> Task | None:
         """Set ``values`` (attribute suffix after ``didmosTask`` -> value; ``None`` deletes) if the entry
-        is still at ``task.version``. Returns the task as changed, or ``None`` when it changed meanwhile."""
+        is still at ``task.version``. Returns the task as changed, or ``None`` when it changed meanwhile.
+
+        With ``read=False`` nothing is read back (no Post-Read to decode): the worker's last write of an
+        attempt, after which it changes nothing; the ``task`` given is returned on success.
+        """
         changes = []
         for name, value in values.items():
             attr = f"didmosTask{name}"
             changes.append((ldap.MOD_REPLACE, attr, None if value is None else [value]))
         condition = ldap.filter.filter_format("(entryCSN=%s)", [task.version])
         try:
-            entry = self.directory.modify(self.dn(task.id), changes, if_match=condition, read_back=ATTRIBUTES)
+            entry = self.directory.modify(self.dn(task.id), changes, if_match=condition,
+                                          read_back=ATTRIBUTES if read else None)
         except (PreconditionFailed, NotFound):
             return None
+        if not read:
+            return task
         return Task.from_entry(entry) if entry is not None else self.find(task.id)
 
     def submit(self, name: str, payload: dict[str, Any] | None = None, *, key: str | None = None,
                actor: Actor | str | None = None) -> Task:
-        """Store task ``name`` in the directory, then try to queue it; the task as stored.
+        """Store task ``name`` in the directory, then try to queue it; the task as stored (``pending``).
 
-        When redis cannot be reached the task stays ``pending`` and this still succeeds: the dispatcher
+        When redis cannot be reached the task is not queued and this still succeeds: the dispatcher
         queues it once redis is back. With ``key``, one task per handler and key: submitting again
         returns the first (409 when the payload differs).
+
+        Two LDAP-free steps keep this cheap: the entry stays ``pending`` once queued (a worker claims a
+        ``pending`` task as it claims a ``queued`` one, and the dispatcher queues a pending task only
+        when redis does not hold its job), and only ``createTimestamp`` and ``entryCSN`` are read back.
         """
         payload = {} if payload is None else payload
         validate(self.host, name, payload)
@@ -342,7 +372,7 @@ class Outbox:
         if actor_dn:
             attrs["didmosTaskActor"] = [actor_dn]
         try:
-            entry = self.directory.add(self.dn(task_id), attrs, read_back=ATTRIBUTES)
+            entry = self.directory.add(self.dn(task_id), attrs, read_back=["createTimestamp", "entryCSN"])
         except NotFound:
             raise DidmosError(f"the outbox's container {self.base_dn} (tasks.base_dn) does not exist; "
                               f"`didmos directory init` creates it", status=503) from None
@@ -354,9 +384,13 @@ class Outbox:
                 raise AlreadyExists(f"idempotency key {key!r} belongs to task {task_id} of {name!r}, submitted "
                                     f"with another payload; use a new key for a new task") from None
             return existing
-        task = Task.from_entry(entry) if entry is not None else self.get(task_id)
-        if self._queue(task):
-            task = self._change(task, State="queued") or self.get(task_id)  # else a worker got there first
+        if entry is None:
+            task = self.get(task_id)
+        else:
+            task = Task(id=task_id, name=name, payload=payload, state="pending", attempts=0, key=key,
+                        actor=actor_dn or None, submitted=_iso(entry.first("createTimestamp")),
+                        version=entry.first("entryCSN"))
+        if self._queue(task, fresh=True):
             self._kick()
         return task
 
@@ -368,8 +402,7 @@ class Outbox:
         changed = self._change(task, State="pending", Attempts="0", Finished=None)
         if changed is None:
             raise DidmosError(f"task {task.id} changed while it was being retried; look at it again", status=409)
-        if self._queue(changed, replace=True):
-            changed = self._change(changed, State="queued") or self.get(task_id)
+        self._queue(changed, replace=True)  # redis down: the dispatcher queues it later
         return changed
 
     # -- queueing --------------------------------------------------------------------------------------
@@ -380,14 +413,15 @@ class Outbox:
         except NoSuchJobError:
             return None
 
-    def _queue(self, task: Task, *, replace: bool = False) -> bool:
+    def _queue(self, task: Task, *, replace: bool = False, fresh: bool = False) -> bool:
         """Put the task's job into redis (its id is the task's). False when redis cannot be reached.
 
         A job of the same id that is over (finished, failed) is deleted first, and with ``replace`` any
-        job of that id: its delivery was lost.
+        job of that id: its delivery was lost. ``fresh``: the task was just added, so redis cannot hold a
+        job of its id yet (nothing to look up).
         """
         try:
-            job = self._job(task.id)
+            job = None if fresh else self._job(task.id)
             if job is not None and (replace or job.get_status(refresh=False) not in (*WAITING, JobStatus.STARTED)):
                 job.delete()
             enqueue(self.host, task.name, task.payload, connection=self.redis, job_id=task.id, runner=RUNNER)
@@ -398,8 +432,12 @@ class Outbox:
 
     def _kick(self) -> None:
         """Have a worker run the dispatcher soon (once per period, however many submits)."""
+        period = int(time.time() // self.dispatch_seconds)
+        if period == self._kicked:
+            return  # this process asked already in this period: redis would refuse the duplicate anyway
         try:
             enqueue_for_period(self.host, DISPATCH_TASK, self.dispatch_seconds, connection=self.redis)
+            self._kicked = period
         except (DidmosError, redis.RedisError) as exc:
             log.info("dispatcher not queued: %s", exc)
 
@@ -444,11 +482,6 @@ class Outbox:
         return report
 
     def _dispatch_one(self, task: Task, report: DispatchReport) -> None:
-        if task.state == "pending":
-            if self._queue(task):
-                self._change(task, State="queued")
-                report.queued += 1
-            return
         if Lease.held(self.redis, task.id):
             return  # a live worker runs it
         job = self._job(task.id)
@@ -459,12 +492,18 @@ class Outbox:
             started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at.tzinfo is None else job.started_at
             if (datetime.now(timezone.utc) - started).total_seconds() < self.lease_seconds:
                 return  # a worker just took it and is about to take the lease
+        if task.state == "pending":
+            # Not in redis (it was down at submit, or lost the job), or a delivery that ended before its
+            # claim: queue it. No attempt was started, so none is counted and the state stays.
+            if self._queue(task, replace=job is not None):
+                report.queued += 1
+            return
         # Lost: the worker died (no lease), redis forgot the job, or rq gave up on it (abandoned).
         if task.state == "running":
             why = f"attempt {task.attempts} did not finish: its worker stopped without a result (killed?)"
         else:
             why = f"its job was {status.value if status else 'lost'} in redis without the task being run"
-        if task.attempts > self._retries(task.name):
+        if task.attempts >= self._deliveries(task.name):
             if self._change(task, State="failed", Error=f"{why}; no attempts left", Finished=_now()):
                 report.failed += 1
             return
@@ -498,12 +537,13 @@ class Outbox:
         is scheduled again after the handler's back-off through rq's retry; with none left the task is
         failed and rq does not retry it.
         """
-        lease = Lease(self.redis, job.id, self.lease_seconds)
+        # The job's own connection: the work horse has it open already.
+        lease = Lease(job.connection, job.id, self.lease_seconds)
         if not lease.acquire():
             log.info("task %s is being run by another worker; this delivery does nothing", job.id)
             return None
         try:
-            task = self._claim(job.id)
+            task = self._claim(job)
             if task is None or task.state != "running":
                 return task.result if task is not None else None
             handler = self._handler(task.name)
@@ -516,16 +556,55 @@ class Outbox:
             except Exception as exc:
                 self._attempt_failed(task, handler, exc, job)
                 raise
-            if self._change(task, State="done", Finished=_now(), Result=_result_json(result), Error=None) is None:
+            if self._change(task, read=False, State="done", Finished=_now(), Result=_result_json(result),
+                            Error=None) is None:
                 log.warning("task %s was delivered again while this attempt ran; its entry is left to that delivery",
                             task.id)
             return result
         finally:
             lease.release()
 
-    def _claim(self, task_id: str) -> Task | None:
+    def _claim(self, job: Job) -> Task | None:
         """The task marked running with one more attempt; or, when there is nothing to run, the task as it
-        is (done, failed) or ``None`` (no entry)."""
+        is (done, failed) or ``None`` (no entry).
+
+        One modify does it in the common case: state ``running``, ``MOD_INCREMENT`` of the attempts
+        (RFC 4525) and the start time, asserting that the task is ``pending`` or ``queued`` with
+        attempts left, the new attempt count and ``entryCSN`` read back (Post-Read). Of two claimers
+        one wins: the other's assertion fails on ``running``. The job carries the handler name and the
+        payload the entry was queued with (neither changes), so nothing else is read. A failed
+        assertion (done, failed, no attempts left, or ``running`` after a worker died: this delivery
+        holds the lease, so nobody else runs it) takes the slow way: read, decide, compare-and-swap.
+        """
+        try:
+            claimed = self._claim_at_once(job.id, job.args[0], job.args[1])
+        except NotFound:
+            log.warning("task %s has no entry in the outbox (deleted?); nothing to run", job.id)
+            return None
+        return claimed if claimed is not None else self._claim_slowly(job.id)
+
+    def _claim_at_once(self, task_id: str, name: str, payload: dict[str, Any]) -> Task | None:
+        """The one-modify claim of :meth:`_claim`: the task running, or ``None`` when its assertion failed
+        (not ``pending`` or ``queued``, or no attempts left). :class:`NotFound` when there is no entry."""
+        now = _now()
+        condition = ("(&(|(didmosTaskState=pending)(didmosTaskState=queued))"
+                     f"(didmosTaskAttempts<={self._deliveries(name) - 1}))")
+        try:
+            entry = self.directory.modify(
+                self.dn(task_id), [(ldap.MOD_REPLACE, "didmosTaskState", ["running"]),
+                                   (ldap.MOD_INCREMENT, "didmosTaskAttempts", ["1"]),
+                                   (ldap.MOD_REPLACE, "didmosTaskStarted", [now])],
+                if_match=condition, read_back=CLAIM_READ_BACK)
+        except PreconditionFailed:
+            return None
+        if entry is None or not entry.first("entryCSN"):
+            return self.find(task_id)  # a directory without Post-Read: read it
+        return Task(id=task_id, name=name, payload=payload, state="running",
+                    attempts=int(entry.first("didmosTaskAttempts")), started=_iso(now),
+                    version=entry.first("entryCSN"))
+
+    def _claim_slowly(self, task_id: str) -> Task | None:
+        """:meth:`_claim` by reading first: for a task that the one-modify claim could not take."""
         for attempt in range(10):
             if attempt:
                 time.sleep(0.05 * attempt)  # someone else changed it just now (or a replica lags): look again
@@ -536,7 +615,7 @@ class Outbox:
             if task.state in ("done", "failed"):
                 log.info("task %s is %s already; this delivery does nothing", task_id, task.state)
                 return task
-            if task.attempts > self._retries(task.name):
+            if task.attempts >= self._deliveries(task.name):
                 why = task.error or "its attempts did not finish"
                 return self._change(task, State="failed", Error=f"{why}; no attempts left", Finished=_now()) or task
             claimed = self._change(task, State="running", Attempts=str(task.attempts + 1), Started=_now(),
@@ -548,15 +627,17 @@ class Outbox:
     def _attempt_failed(self, task: Task, handler: TaskHandler | None, exc: Exception, job: Job) -> None:
         """Record a failed attempt; tell rq whether (and after how long) to run the job again."""
         error = _describe(exc)
-        if task.attempts > self._retries(task.name):
+        permanent = isinstance(exc, PermanentTaskError)
+        if permanent or task.attempts > self._retries(task.name):
             job.retries_left = 0
-            changed = self._change(task, State="failed", Error=error, Finished=_now())
-            log.warning("task %s failed for good after %d attempts: %s", task.id, task.attempts, error)
+            changed = self._change(task, read=False, State="failed", Error=error, Finished=_now())
+            log.warning("task %s failed for good after %d attempts%s: %s", task.id, task.attempts,
+                        " (the handler says retrying cannot help)" if permanent else "", error)
         else:
             # The entry decides, not rq's own count (a delivery after a crash starts rq's count afresh).
             job.retries_left = 1
             job.retry_intervals = [_interval(handler, task.attempts)]
-            changed = self._change(task, State="queued", Error=error)
+            changed = self._change(task, read=False, State="queued", Error=error)
         if changed is None:
             job.retries_left = 0  # delivered again meanwhile: that delivery owns the task now
 

@@ -185,3 +185,10 @@ def dispatch() -> None:
 @hookimpl(trylast=True)
 def didmos_cli_commands():
     return [tasks]
+
+
+@hookimpl(trylast=True)
+def didmos_metrics_collectors(host):
+    from didmos_tasks.metrics import OutboxCollector
+
+    return [OutboxCollector(host.service("outbox"))]

@@ -23,6 +23,12 @@ it survives redis and every node sees it. Its life::
   after re-checking the approval chain (each level's approvals, and with the PDP that role approvers
   still hold their role). It records ``done`` or ``failed`` with its outcome; a request that is done or
   failed is never run again.
+* **Mail** (when the ``notifications`` service is there and ``notify.enabled``): each approver a level
+  starts waiting for (filed, next level, escalated) gets ``request-pending``; the requester gets
+  ``request-decided`` when the request is declined, expires, is carried out or fails. Each mail is an
+  outbox task keyed by the history line and recipient, so sending again for one event sends nothing
+  more, and a mail accepted while redis is down is sent once it is back. Mail never fails the step
+  that caused it (:meth:`Requests._announce`).
 * **Time** is kept by :func:`sweep`: levels whose time is over escalate or expire, and an approved
   request whose action has not reported back after ``requests.action_retry_seconds`` is queued again.
   Every ``didmos worker`` queues the sweep every ``requests.sweep_seconds``
@@ -66,6 +72,11 @@ ATTRIBUTES = ["cn", "description", "didmosRequestKind", "didmosRequestState", "d
               "didmosRequestAction", "entryCSN", "createTimestamp", "modifyTimestamp"]
 #: How often a decision re-reads and tries again when another write got in first.
 ATTEMPTS = 6
+#: History events after which the requester is told the outcome, and the word the mail uses for each.
+OUTCOMES = {"declined": "declined", "expired": "expired (nobody decided in time)", "done": "carried out",
+            "failed": "approved but could not be carried out"}
+#: Attributes read from the entries of approvers and requesters to write to them.
+MAIL_ATTRIBUTES = ["mail", "displayName", "cn", "uid"]
 
 
 class InvalidRequest(DidmosError):
@@ -566,9 +577,12 @@ class Requests:
             if change is None:
                 return request, False
             try:
-                return self._write(request, change, actor), True
+                written = self._write(request, change, actor)
             except PreconditionFailed:
                 time.sleep(0.02 * (attempt + 1))
+                continue
+            self._announce(written, since=request.next_n)
+            return written, True
         raise Conflict(f"request {request_id} kept changing while this decision was written; try again")
 
     # -- filing ----------------------------------------------------------------------------------------
@@ -619,7 +633,9 @@ class Requests:
             attrs["didmosRequestTarget"] = [target]
         entry = self.directory.add(self.dn(request_id), attrs, actor=actor, read_back=ATTRIBUTES)
         log.info("request %s (%s) filed by %s", request_id, kind.name, actor.dn)
-        return Request.from_entry(entry) if entry is not None else self.get(request_id)
+        request = Request.from_entry(entry) if entry is not None else self.get(request_id)
+        self._announce(request, since=1)
+        return request
 
     def _target(self, actor: Actor, user_id: str) -> str:
         """The DN of the user a request is about, if ``actor`` may file for that user."""
@@ -759,6 +775,85 @@ class Requests:
         if changed and what.get("done") == "requeued":
             self._enqueue_action(request)
         return what.get("done") if changed else None
+
+    # -- mail ----------------------------------------------------------------------------------------
+
+    def _announce(self, request: Request, since: int) -> None:
+        """Mail who needs to know about the history lines from number ``since`` on: the approvers of a
+        level that started or escalated (``request-pending``), the requester of an outcome
+        (``request-decided``). Never raises: the step that caused the mail has happened already."""
+        notifications = self.host.services.get("notifications")
+        try:
+            if notifications is None or not notifications.settings.enabled:
+                return
+            lines = [e for e in request.history if e["n"] >= since]
+            started = [e for e in lines if e["event"] in ("level-started", "escalated")]
+            outcome = next((e for e in lines if e["event"] in OUTCOMES), None)
+            if started and request.state == "pending":
+                self._mail_approvers(notifications, request, started[-1])
+            if outcome is not None:
+                self._mail_requester(notifications, request, outcome)
+        except Exception:  # noqa: BLE001 - a lost mail is logged, the request goes on
+            log.exception("request %s: its notification was not submitted", request.id)
+
+    def _people(self, dns: Iterable[str]) -> dict[str, Any]:
+        """Normalised DN -> entry (mail and names) of ``dns``, in one search."""
+        dns = [dn for dn in dns if dn]
+        return self.directory.get_many(dns, MAIL_ATTRIBUTES) if dns else {}
+
+    @staticmethod
+    def _name(entry) -> str | None:
+        if entry is None:
+            return None
+        return entry.first("displayName") or entry.first("cn") or entry.first("uid")
+
+    def _mail_approvers(self, notifications, request: Request, started: dict) -> None:
+        from didmos_ldap.directory import normalize_dn
+
+        approvers = started.get("approvers") or request.awaiting
+        people = self._people([request.requester, *approvers])
+        requester = people.get(normalize_dn(request.requester))
+        filed = next((e for e in request.history if e["event"] == "filed"), {})
+        for dn in approvers:
+            entry = people.get(normalize_dn(dn))
+            mail = entry.first("mail") if entry is not None else None
+            if not mail:
+                log.info("request %s: approver %s has no mail address; not told", request.id, dn)
+                continue
+            context = {"request_id": request.id, "summary": request.summary or request.kind,
+                       "requester": self._name(requester) or request.requester}
+            if self._name(entry):
+                context["name"] = self._name(entry)
+            if filed.get("comment"):
+                context["reason"] = filed["comment"]
+            recipient = uuidlib.uuid5(uuidlib.NAMESPACE_X500, normalize_dn(dn))
+            try:
+                notifications.send("request-pending", mail, context,
+                                   key=f"request:{request.id}:{started['n']}:{recipient}")
+            except DidmosError as exc:  # one approver's broken address must not keep the others from being told
+                log.warning("request %s: approver %s not told: %s", request.id, dn, exc.message)
+
+    def _mail_requester(self, notifications, request: Request, outcome: dict) -> None:
+        from didmos_ldap.directory import normalize_dn
+
+        decider = outcome.get("by")
+        people = self._people([request.requester, decider] if decider else [request.requester])
+        requester = people.get(normalize_dn(request.requester))
+        mail = requester.first("mail") if requester is not None else None
+        if not mail:
+            log.info("request %s: requester %s has no mail address; not told it was %s", request.id,
+                     request.requester, outcome["event"])
+            return
+        context = {"request_id": request.id, "summary": request.summary or request.kind,
+                   "decision": OUTCOMES[outcome["event"]]}
+        if self._name(requester):
+            context["name"] = self._name(requester)
+        if decider:
+            context["decided_by"] = self._name(people.get(normalize_dn(decider))) or decider
+        comment = outcome.get("comment") or (outcome.get("detail") if outcome["event"] == "failed" else None)
+        if comment:
+            context["comment"] = comment
+        notifications.send("request-decided", mail, context, key=f"request:{request.id}:{outcome['n']}")
 
     # -- the action ----------------------------------------------------------------------------------
 

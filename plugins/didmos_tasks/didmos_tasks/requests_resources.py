@@ -119,7 +119,7 @@ def visible(view):
 
     @functools.wraps(view)
     def guarded(self, *args, request_id, **path):
-        flask.g.didmos_request = _requests().require_read(current_actor(), request_id)
+        flask.g.didmos_tasks_request = _requests().require_read(current_actor(), request_id)
         return view(self, *args, request_id=request_id, **path)
 
     return guarded
@@ -179,7 +179,7 @@ class RequestItem(MethodView):
 
         Its requester, the user it is about, an approver of any level so far, or `read` on `Request`.
         """
-        return describe(flask.g.didmos_request)
+        return describe(flask.g.didmos_tasks_request)
 
 
 @blueprint.route("/<request_id>/approve")

@@ -32,8 +32,9 @@ class TaskSchema(Schema):
     id = fields.String(metadata={"description": "The task id (a UUID; also its rq job id)"})
     name = fields.String(metadata={"description": "The task handler that runs it"})
     payload = fields.Dict(metadata={"description": "What the handler gets"})
-    state = fields.String(metadata={"description": "pending (stored, not queued yet: redis was down), queued, "
-                                                   "running, done or failed (no attempts left)"})
+    state = fields.String(metadata={"description": "pending (stored and queued, or waiting for redis; no attempt "
+                                                   "started), queued (waiting for another attempt), running, "
+                                                   "done or failed (no attempts left, or a permanent error)"})
     attempts = fields.Integer(metadata={"description": "Attempts started since it was submitted or last retried"})
     key = fields.String(allow_none=True, metadata={"description": "The idempotency key it was submitted with"})
     actor = fields.String(allow_none=True, metadata={"description": "DN of whoever submitted it"})
@@ -110,7 +111,8 @@ class Tasks(MethodView):
     @authorize("create", _container)
     @blueprint.arguments(TaskSubmitSchema)
     def post(self, body):
-        """Submit a task: stored first, then queued; `pending` when redis is down (it is queued later).
+        """Submit a task: stored first, then queued (`pending` until a worker starts it; when redis is down it
+        is queued later).
 
         Needs `create` on `Task`. 202 with the task and its `Location`.
         """

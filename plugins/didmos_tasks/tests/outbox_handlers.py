@@ -1,8 +1,8 @@
 """Task handlers for the outbox tests: a plugin module, registered in-process with ``extra_plugins`` and
 imported by the worker subprocesses of test_crash.py (with this folder on their PYTHONPATH).
 
-Handlers leave their traces in files and in the directory, never in memory: rq runs each job in a
-forked work horse.
+Handlers leave their traces in files and in the directory, never in memory: with ``worker.mode = "fork"``
+rq runs each job in a forked work horse.
 """
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 import ldap
 
 from didmos_host import hookimpl
+from didmos_host.errors import PermanentTaskError
 from didmos_host.records import TaskHandler
 
 
@@ -51,11 +52,20 @@ def slow_effect(payload, context):
     return "effect applied"
 
 
+def refuse(payload, context):
+    """Fails for good: what retrying cannot fix (PermanentTaskError); one line per run."""
+    with open(payload["log"], "a") as log:
+        log.write(f"{context.job_id}\n")
+    raise PermanentTaskError(f"{payload['why']}; retrying cannot help")
+
+
 @hookimpl
 def didmos_task_handlers():
     return [
         TaskHandler(name="test.record", function=record, queue="test", retries=0),
         TaskHandler(name="test.flaky", function=flaky, retries=2, retry_intervals=(0,)),
         TaskHandler(name="test.flaky-slowly", function=flaky, retries=2, retry_intervals=(30, 60)),
+        TaskHandler(name="test.refuse", function=refuse, retries=3, retry_intervals=(0,)),
         TaskHandler(name="test.slow-effect", function=slow_effect, retries=2, retry_intervals=(0,), timeout=60),
+        TaskHandler(name="test.slow-once", function=slow_effect, retries=0, timeout=60),
     ]

@@ -48,7 +48,8 @@ def effect_entry(slapd, host):
 
 @pytest.fixture
 def workers(overrides, tmp_path):
-    """``start()`` a worker process (its output in ``worker-N.log``); every one still running is killed at the end."""
+    """``start(mode)`` a worker process (``worker.mode``, default ``fork``; its output in ``worker-N.log``); every
+    one still running is killed at the end."""
     settings = tmp_path / "settings.toml"
     settings.write_text("".join(
         f"[{namespace}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
@@ -57,11 +58,11 @@ def workers(overrides, tmp_path):
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     started = []
 
-    def start() -> tuple[subprocess.Popen, Path]:
+    def start(mode: str = "fork") -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"worker-{len(started) + 1}.log"
         with open(log, "w") as out:
-            process = subprocess.Popen([sys.executable, "-c", WORKER], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-c", WORKER], stdout=out, stderr=subprocess.STDOUT,
+                                       env={**env, "DIDMOS_WORKER__MODE": mode}, start_new_session=True)
         started.append(process)
         return process, log
 
@@ -91,24 +92,27 @@ def descriptions(host, dn) -> list[str]:
     return host.service("directory").get(dn, ["description"]).values("description")
 
 
+@pytest.mark.parametrize("mode", ["fork", "simple"])
 def test_a_task_whose_worker_is_killed_mid_task_runs_again_and_takes_effect_once(host, workers, effect_entry,
-                                                                                  tmp_path):
+                                                                                  tmp_path, mode):
     outbox = host.service("outbox")
     log = tmp_path / "runs.log"
-    first, first_log = workers()
+    first, first_log = workers(mode)
     task = outbox.submit("test.slow-effect", {"log": str(log), "entry": effect_entry, "sleep": 60})
     started = wait_for(lambda: log.exists() and log.read_text().split(), 20, "the first run to start")
-    horse = int(started[1])
+    runner = int(started[1])
+    assert (runner == first.pid) == (mode == "simple")  # a forked work horse, or the worker itself
     wait_for(lambda: descriptions(host, effect_entry), 10, "the effect of the first run")
 
     # The machine dies: the worker and its work horse (a process group of its own) at once, no cleanup.
     os.kill(first.pid, signal.SIGKILL)
-    os.kill(horse, signal.SIGKILL)
+    if runner != first.pid:
+        os.kill(runner, signal.SIGKILL)
     first.wait(10)
     running = outbox.get(task.id)
     assert (running.state, running.attempts) == ("running", 1)
 
-    second, second_log = workers()
+    second, second_log = workers(mode)
     done = wait_for(lambda: (t := outbox.get(task.id)).state == "done" and t, 20, "the task to be done")
 
     assert done.attempts == 2 and done.result == "effect applied"
@@ -119,12 +123,13 @@ def test_a_task_whose_worker_is_killed_mid_task_runs_again_and_takes_effect_once
     assert second.poll() is None  # the second worker lives on; the fixture stops it
 
 
-def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(host, workers, effect_entry, tmp_path):
+@pytest.mark.parametrize("mode", ["fork", "simple"])
+def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(host, workers, effect_entry, tmp_path, mode):
     """The heartbeat renews the lease: the dispatchers a second worker runs meanwhile (every 0.5 s here, the
     lease 1 s) leave a live task alone."""
     outbox = host.service("outbox")
     log = tmp_path / "runs.log"
-    logs = [workers()[1], workers()[1]]
+    logs = [workers(mode)[1], workers(mode)[1]]
     task = outbox.submit("test.slow-effect", {"log": str(log), "entry": effect_entry, "sleep": 2.5})
     wait_for(lambda: log.exists(), 20, "the task to start")
     dispatched = sum(path.read_text().count("'didmos_tasks.dispatch'") for path in logs)
@@ -182,14 +187,43 @@ def test_tasks_redis_forgot_are_queued_again(host, overrides, own_redis, tmp_pat
 
 
 def test_a_task_whose_worker_keeps_dying_fails_once_its_attempts_are_used(host, overrides):
-    """A task that kills its worker every time (out of memory, say) must not be delivered for ever."""
+    """A task that kills its worker every time (out of memory, say) must not be delivered for ever; but a
+    crash does not use up the only attempt of a handler without retries: it is delivered again, up to
+    LOST_ATTEMPTS_ALLOWED more times."""
+    from didmos_tasks.outbox import LOST_ATTEMPTS_ALLOWED
+
     outbox = host.service("outbox")
     task = outbox.submit("test.record", {"log": "/dev/null"})
-    # test.record allows one attempt (retries=0); a worker claimed it and died.
-    outbox._change(task, State="running", Attempts="1")
-    Job.fetch(task.id, connection=redis.Redis.from_url(overrides["redis"]["url"])).delete()
+    connection = redis.Redis.from_url(overrides["redis"]["url"])
+    # test.record allows one attempt (retries=0); a worker claims it and dies, again and again.
+    for attempt in range(1, LOST_ATTEMPTS_ALLOWED + 1):
+        task = outbox._change(outbox.get(task.id), State="running", Attempts=str(attempt))
+        Job.fetch(task.id, connection=connection).delete()
+        assert outbox.dispatch().redelivered == 1  # delivered again despite retries=0
+        assert outbox.get(task.id).state == "queued"
+    task = outbox._change(outbox.get(task.id), State="running", Attempts=str(LOST_ATTEMPTS_ALLOWED + 1))
+    Job.fetch(task.id, connection=connection).delete()
 
     assert outbox.dispatch().failed == 1
     failed = outbox.get(task.id)
-    assert failed.state == "failed" and failed.attempts == 1
-    assert failed.error.startswith("attempt 1 did not finish") and failed.error.endswith("no attempts left")
+    assert failed.state == "failed" and failed.attempts == LOST_ATTEMPTS_ALLOWED + 1
+    assert failed.error.startswith(f"attempt {LOST_ATTEMPTS_ALLOWED + 1} did not finish")
+    assert failed.error.endswith("no attempts left")
+
+
+@pytest.mark.parametrize("mode", ["fork", "simple"])
+def test_a_task_without_retries_whose_worker_is_killed_runs_again(host, workers, effect_entry, tmp_path, mode):
+    """test.record allows no retry (retries=0): the SIGKILL of its worker still does not lose the task."""
+    outbox = host.service("outbox")
+    log = tmp_path / "runs.log"
+    first, _ = workers(mode)
+    task = outbox.submit("test.slow-once", {"log": str(log), "entry": effect_entry, "sleep": 60})
+    wait_for(lambda: log.exists() and log.read_text().split(), 20, "the first run to start")
+    runner = int(log.read_text().split()[1])
+    os.kill(first.pid, signal.SIGKILL)
+    if runner != first.pid:
+        os.kill(runner, signal.SIGKILL)
+    first.wait(10)
+    second, _ = workers(mode)
+    done = wait_for(lambda: (t := outbox.get(task.id)).state == "done" and t, 30, "the task to be done")
+    assert done.attempts == 2 and descriptions(host, effect_entry) == [task.id]

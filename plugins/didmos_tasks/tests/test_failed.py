@@ -70,6 +70,20 @@ def test_a_failing_task_runs_retries_plus_one_times_then_is_failed(host, overrid
     assert job.get_status() == JobStatus.FAILED and not job.retries_left  # rq does not try again either
 
 
+def test_a_permanent_error_fails_the_task_at_once_without_retries(host, overrides, tmp_path):
+    """A handler that raises PermanentTaskError (say, an SMTP 5xx) is not retried: one attempt of four."""
+    log = tmp_path / "runs.log"
+    task = host.service("outbox").submit("test.refuse", {"log": str(log), "why": "the mailbox does not exist"})
+    work(overrides)
+    failed = host.service("outbox").get(task.id)
+    assert (failed.state, failed.attempts) == ("failed", 1) and failed.finished
+    assert failed.error == "PermanentTaskError: the mailbox does not exist; retrying cannot help"
+    assert log.read_text().split() == [task.id]
+    job = Job.fetch(task.id, connection=redis.Redis.from_url(overrides["redis"]["url"]))
+    assert job.get_status() == JobStatus.FAILED and not job.retries_left  # rq does not try again either
+    assert host.service("outbox").dispatch().redelivered == 0  # failed is final until someone retries it
+
+
 def test_a_failed_attempt_waits_for_the_handlers_back_off(host, overrides, tmp_path):
     flag = tmp_path / "fail"
     flag.touch()
@@ -100,7 +114,7 @@ def test_the_failed_list_and_retry_over_the_api(client, host, overrides, tmp_pat
     flag.unlink()  # what was wrong is fixed
     retried = client.post(f"/tasks/v1/tasks/{task.id}/retry", headers=ADMIN)
     assert retried.status_code == 202, retried.json
-    assert (retried.json["state"], retried.json["attempts"]) == ("queued", 0)
+    assert (retried.json["state"], retried.json["attempts"]) == ("pending", 0)
     work(overrides)
 
     done = client.get(f"/tasks/v1/tasks/{task.id}", headers=ADMIN).json
@@ -145,7 +159,7 @@ def test_the_failed_list_and_retry_on_the_command_line(host, overrides, tmp_path
 
     flag.unlink()
     retried = runner.invoke(cli, ["retry", task.id])
-    assert retried.exit_code == 0 and retried.output == f"task {task.id} is queued again\n"
+    assert retried.exit_code == 0 and retried.output == f"task {task.id} is pending again\n"
     again = runner.invoke(cli, ["retry", task.id])
     assert again.exit_code == 2 and "only failed tasks can be retried" in again.output
     work(overrides)

@@ -8,6 +8,8 @@ interceptor submits for SCIM writes run in ``run_worker(burst=True)`` with a hos
 
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
 import secrets
 import uuid
@@ -15,9 +17,11 @@ from datetime import datetime, timedelta, timezone
 
 import ldap
 import pytest
+from aiosmtpd.controller import Controller
 
 from didmos_host.errors import ConfigError
 from didmos_host.host import Host
+from didmos_host.servers import free_port
 from didmos_host.tasks import run_worker
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth
 from didmos_tasks.lifecycle import ROLES_TASK, WELCOME_TASK, generalized
@@ -31,15 +35,29 @@ PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 NOTIFY_ON = {"enabled": True, "from_address": "idm@example.org", "host": "127.0.0.1", "security": "none"}
 
 
-class FakeNotifications:
-    """Stands in for the ``notifications`` service: records what would be sent."""
+class Inbox:
+    """An aiosmtpd handler that keeps every message it is given, with its envelope recipients."""
 
     def __init__(self):
-        self.sent = []
+        self.messages = []
 
-    def notify(self, template, to, /, **context):
-        self.sent.append((template, to, context))
-        return f"job-{len(self.sent)}"
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 Message accepted"
+
+    def to(self, address: str) -> list:
+        return [message for rcpts, message in self.messages if rcpts == [address]]
+
+
+@pytest.fixture(scope="module")
+def smtp():
+    """A real SMTP server on loopback, and the notify settings that send to it."""
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, {**NOTIFY_ON, "port": port}
+    controller.stop()
 
 
 @pytest.fixture
@@ -159,25 +177,26 @@ def test_keep_and_zero_days_retire_nothing(make_app, make_user, ldap_admin):
     assert read(ldap_admin, dn) is not None
 
 
-def test_reminders_are_sent_once_each(make_app, make_user, ldap_admin, tag):
+def test_reminders_are_sent_once_each(make_app, make_user, ldap_admin, didmos_overrides, smtp, tag):
+    inbox, notify = smtp
     mail = f"r-{tag}@example.org"
     _, dn, _ = make_user(didmosEndDate=ahead(days=10), mail=mail)
-    app = make_app(notify=NOTIFY_ON)
-    fake = FakeNotifications()
-    app.extensions["didmos"].services["notifications"] = fake
-
-    def mine():
-        return [(template, context) for template, to, context in fake.sent if to == mail]
+    app = make_app(notify=notify)
 
     lifecycle(app).sweep()
     lifecycle(app).sweep()
-    assert [t for t, _ in mine()] == ["account-expiring"] and mine()[0][1]["user_name"].startswith("l")
+    work(didmos_overrides, notify=notify)  # the mails are outbox tasks: a real worker sends them
+    [first] = inbox.to(mail)
+    assert first["Subject"].startswith(f"Your account l") and "expires on" in first["Subject"]
     assert read(ldap_admin, dn, "didmosReminderSent")["didmosReminderSent"][0].startswith("14:")
 
     ldap_admin.modify_s(dn, [(ldap.MOD_REPLACE, "didmosEndDate", [ahead(days=2).encode()])])
     lifecycle(app).sweep()
     lifecycle(app).sweep()
-    assert len(mine()) == 2 and mine()[1][1]["expires"] == (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d")
+    work(didmos_overrides, notify=notify)
+    assert len(inbox.to(mail)) == 2
+    expires = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%d")
+    assert inbox.to(mail)[1]["Subject"].endswith(f"expires on {expires}")
 
 
 # -- change-based --------------------------------------------------------------------------------------
@@ -245,11 +264,10 @@ def test_a_rule_that_breaks_separation_of_duty_is_reported_and_not_half_applied(
     assert any("clerks" in r.message and dn in r.message and f"pay-{tag}" in r.message for r in caplog.records)
 
 
-def test_adding_a_user_submits_a_welcome_task(make_app, ldap_admin, tag):
-    app = make_app(notify=NOTIFY_ON)
+def test_adding_a_user_sends_one_welcome_mail(make_app, didmos_overrides, smtp, tag):
+    inbox, notify = smtp
+    app = make_app(notify=notify)
     host = app.extensions["didmos"]
-    fake = FakeNotifications()
-    host.services["notifications"] = fake
     mail = f"w-{tag}@example.org"
     response = app.test_client().post("/scim/v2/Users", headers=ADMIN, json={
         "schemas": [USER], "userName": f"w-{tag}", "name": {"givenName": "W", "familyName": "X"},
@@ -257,8 +275,14 @@ def test_adding_a_user_submits_a_welcome_task(make_app, ldap_admin, tag):
     assert response.status_code == 201, response.json
     dn = host.service("rbac_admin").user_dn(response.json["id"])
     task, = [t for t in host.service("outbox").list() if t.name == WELCOME_TASK and t.payload["dn"] == dn]
-    assert lifecycle(app).welcome(task.payload["dn"])["notified"] == mail
-    assert fake.sent == [("welcome", mail, {"user_name": f"w-{tag}"})]
+    work(didmos_overrides, notify=notify)  # the welcome task, then the mail task it submits
+    [welcome] = inbox.to(mail)
+    assert welcome["Subject"] == f"Your account w-{tag} is ready"
+    assert host.service("outbox").get(task.id).result["notified"] == mail
+    # the welcome task run again (its worker died after submitting the mail): no second mail
+    assert lifecycle(app).welcome(dn)["job"] == host.service("outbox").get(task.id).result["job"]
+    work(didmos_overrides, notify=notify)
+    assert len(inbox.to(mail)) == 1
 
 
 def test_a_failing_interceptor_does_not_fail_the_request(make_app, tag, caplog):
@@ -279,3 +303,15 @@ def test_a_failing_interceptor_does_not_fail_the_request(make_app, tag, caplog):
 def test_a_bad_rule_filter_stops_the_start_naming_the_rule(make_app):
     with pytest.raises(ConfigError, match="'broken-rule'.*not an LDAP filter"):
         make_app(lifecycle={"role_rules": [{"name": "broken-rule", "filter": "(title=Teacher", "roles": ["x"]}]})
+
+
+def test_the_sweeps_date_filters_are_indexed(didmos_slapd):
+    """didmosEndDate (<=, >=) and didmosDeactivatedAt (<=) have equality indexes, which back-mdb also uses
+    for ordering filters on GeneralizedTime (migration didmos_tasks_lifecycle.0002-lifecycle-indexes)."""
+    conn = didmos_slapd.config_connection()
+    [(_, database)] = conn.search_s("cn=config", ldap.SCOPE_ONELEVEL, "(olcSuffix=dc=de)", ["olcDbIndex"])
+    indexes = {value.decode() for value in database["olcDbIndex"]}
+    assert {"didmosEndDate eq", "didmosDeactivatedAt eq"} <= indexes
+    applied = conn.search_s("cn=didmos-migrations,dc=de", ldap.SCOPE_ONELEVEL, "(cn=didmos_tasks_lifecycle.*)", ["cn"])
+    assert sorted(entry["cn"][0].decode() for _, entry in applied) == [
+        "didmos_tasks_lifecycle.0001-lifecycle-schema", "didmos_tasks_lifecycle.0002-lifecycle-indexes"]

@@ -1,5 +1,9 @@
-"""Email notifications: rendered, queued and sent by a real rq worker to a real SMTP server (aiosmtpd) on
-loopback, over plain SMTP, STARTTLS with login, and TLS; retried while the server is down."""
+"""Email notifications: rendered, stored in the task outbox and sent by a real rq worker to a real SMTP
+server (aiosmtpd) on loopback, over plain SMTP, STARTTLS with login, and TLS; retried while the server is
+down or answers 4xx, failed at once on a 5xx; a mail accepted while redis is down is sent once it is back.
+
+Against the slapd and redis of this module (conftest.py): the outbox keeps every mail as a directory entry.
+"""
 
 from __future__ import annotations
 
@@ -37,15 +41,19 @@ SMTP_USER, SMTP_PASSWORD = "didmos-mailer", "mailer-secret"
 
 
 class Inbox:
-    """An aiosmtpd handler that keeps every message, refuses recipients named ``refused*`` with 550, and
-    remembers whether each message came over TLS and by whom it was sent."""
+    """An aiosmtpd handler that keeps every message, refuses recipients named ``refused*`` with 550 and
+    those named ``busy*`` with 451 (try later), and remembers whether each message came over TLS and by
+    whom it was sent."""
 
     def __init__(self):
         self.messages: list[dict] = []
+        self.busy_ok = False  # set: ``busy*`` recipients are accepted from then on
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("refused"):
             return "550 5.1.1 no such mailbox here"
+        if address.startswith("busy") and not self.busy_ok:
+            return "451 4.3.0 mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -113,10 +121,10 @@ def server_tls(certificate) -> ssl.SSLContext:
 
 
 @pytest.fixture
-def queue(didmos_redis) -> Iterator[Queue]:
+def queue(own_redis) -> Iterator[Queue]:
     """The notification queue, empty before and after the test (with its registries), so that no retry
     of one test is run by the worker of another."""
-    queue = Queue(QUEUE, connection=redis.Redis.from_url(didmos_redis.url))
+    queue = Queue(QUEUE, connection=redis.Redis.from_url(own_redis.url))
 
     def clear():
         queue.empty()
@@ -129,16 +137,28 @@ def queue(didmos_redis) -> Iterator[Queue]:
     clear()
 
 
+#: host -> how it was made, so that work() can make the worker's host alike.
+RECIPES: dict[int, tuple[dict, tuple]] = {}
+
+
 @pytest.fixture
-def make_host(didmos_redis):
-    """``make_host(*plugins, **notify_settings)``: a host on the test redis with notifications on."""
+def make_host(overrides):
+    """``make_host(*plugins, **notify_settings)``: a host on this module's slapd and redis with notifications on."""
 
     def make(*plugins, **settings):
         notify_settings = {"enabled": True, "host": "127.0.0.1", "security": "none",
                            "from_address": "ACME IdM <idm@acme.example>", "timeout_seconds": 5, **settings}
-        return Host.create({"redis": {"url": didmos_redis.url}, "notify": notify_settings}, extra_plugins=plugins)
+        made = {**overrides, "notify": notify_settings}
+        host = Host.create(made, extra_plugins=plugins)
+        RECIPES[id(host)] = (made, plugins)
+        return host
 
     return make
+
+
+def task(host: Host, task_id: str):
+    """The outbox entry of a notification."""
+    return host.service("outbox").get(task_id)
 
 
 def part(message, kind: str = "plain") -> str:
@@ -148,8 +168,17 @@ def part(message, kind: str = "plain") -> str:
 
 
 def work(host: Host) -> None:
-    """Run every queued notification in a real rq worker (each job in a forked work horse) and return."""
-    run_worker(host, burst=True, queues=[QUEUE])
+    """Run every queued notification in a real rq worker (``worker.mode``: each job in this process, or in a
+    forked work horse) and return.
+
+    The worker gets a host of its own, made like ``host`` but without its directory connections, which
+    forked work horses must not share."""
+    made, plugins = RECIPES[id(host)]
+    worker = Host.create(made, extra_plugins=plugins)
+    try:
+        run_worker(worker, burst=True, queues=[QUEUE])
+    finally:
+        worker.service("directory").close()
 
 
 def run_now(queue: Queue, job: Job) -> None:
@@ -166,8 +195,9 @@ def test_welcome_email_arrives_rendered_to_every_recipient(make_host, queue):
         assert inbox.messages == []  # nothing is sent before a worker runs the task
         work(host)
 
-    job = Job.fetch(job_id, connection=queue.connection)
+    job = Job.fetch(job_id, connection=queue.connection)  # the task id is the rq job id
     assert job.get_status() == JobStatus.FINISHED, job.latest_result().exc_string
+    assert (task(host, job_id).state, task(host, job_id).attempts) == ("done", 1)
     [received] = inbox.messages
     assert received["rcpt_tos"] == ["jane@example.org", "ops@example.org"]
     assert received["mail_from"] == "idm@acme.example" and not received["tls"] and received["login"] is None
@@ -247,7 +277,9 @@ def test_untrusted_certificate_and_wrong_password_fail_clearly_and_are_retried(m
     assert inbox.messages == []
     for job_id in (untrusted_id, wrong_id):
         job = Job.fetch(job_id, connection=queue.connection)
-        assert job.get_status() == JobStatus.SCHEDULED and job.retries_left == 4
+        assert job.get_status() == JobStatus.SCHEDULED  # the next attempt, after the back-off
+        waiting = task(untrusting, job_id)
+        assert (waiting.state, waiting.attempts) == ("queued", 1) and "DeliveryFailed" in waiting.error
     # rq keeps the error of the last attempt only when it gives up; the worker logs each one, and the
     # same error is raised when the task runs here, in-process
     from didmos_tasks.notify import DeliveryFailed
@@ -273,14 +305,17 @@ def test_smtp_down_the_caller_returns_at_once_and_the_task_is_retried_with_back_
 
     work(host)  # first attempt: connection refused
     job = Job.fetch(job_id, connection=queue.connection)
-    assert job.get_status() == JobStatus.SCHEDULED and job.retries_left == 4  # 1 attempt of 6 made
+    assert job.get_status() == JobStatus.SCHEDULED
+    waiting = task(host, job_id)
+    assert (waiting.state, waiting.attempts) == ("queued", 1)  # 1 attempt of 6 made
+    assert waiting.error.startswith(f"DeliveryFailed: the SMTP server at 127.0.0.1:{port} cannot take the message now")
     due = queue.scheduled_job_registry.get_scheduled_time(job)
     assert 20 < (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 30
 
     run_now(queue, job)
     work(host)  # second attempt: still down; the next wait is longer
     job = Job.fetch(job_id, connection=queue.connection)
-    assert job.get_status() == JobStatus.SCHEDULED and job.retries_left == 3
+    assert job.get_status() == JobStatus.SCHEDULED and task(host, job_id).attempts == 2
     due = queue.scheduled_job_registry.get_scheduled_time(job)
     assert 100 < (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 120
 
@@ -288,11 +323,12 @@ def test_smtp_down_the_caller_returns_at_once_and_the_task_is_retried_with_back_
         run_now(queue, job)
         work(host)
     assert Job.fetch(job_id, connection=queue.connection).get_status() == JobStatus.FINISHED
+    assert (task(host, job_id).state, task(host, job_id).attempts, task(host, job_id).error) == ("done", 3, None)
     [received] = inbox.messages
     assert received["message"]["Message-ID"] == f"<didmos.{job_id}@acme.example>"  # the same id on every try
 
 
-def test_a_request_that_notifies_is_answered_while_the_mail_server_is_down(make_host, queue, didmos_redis):
+def test_a_request_that_notifies_is_answered_while_the_mail_server_is_down(make_host, queue, overrides):
     from didmos_host.api import Blueprint, MethodView
     from didmos_host.app import create_app, current_host
 
@@ -309,7 +345,7 @@ def test_a_request_that_notifies_is_answered_while_the_mail_server_is_down(make_
         def didmos_blueprints(self, app):
             return [blueprint]
 
-    app = create_app(extra_plugins=[SignupPlugin()], redis={"url": didmos_redis.url},
+    app = create_app(extra_plugins=[SignupPlugin()], **overrides,
                      notify={"enabled": True, "host": "127.0.0.1", "port": free_port(), "security": "none",
                              "from_address": "idm@acme.example"})
     started = time.monotonic()
@@ -328,7 +364,7 @@ def test_a_recipient_that_is_not_an_address_is_refused_before_anything_is_queued
     assert queue.count == 0
 
 
-def test_recipients_the_server_refuses_fail_the_task_without_retries(make_host, queue):
+def test_recipients_the_server_refuses_with_5xx_fail_the_task_without_retries(make_host, queue):
     with smtp_server() as (inbox, port):
         host = make_host(port=port)
         refused_id = notify(host, "welcome", "refused@example.org", user_name="jane")
@@ -341,12 +377,42 @@ def test_recipients_the_server_refuses_fail_the_task_without_retries(make_host, 
     error = job.latest_result().exc_string
     assert ("DeliveryRefused: the SMTP server at 127.0.0.1:%d refused every recipient: refused@example.org: "
             "550 5.1.1 no such mailbox here; not retried" % port) in error
+    # the outbox honours the PermanentTaskError: failed after one attempt of six, in the failed list
+    refused = task(host, refused_id)
+    assert (refused.state, refused.attempts) == ("failed", 1) and refused.error.startswith("DeliveryRefused: ")
+    assert refused_id in {failed.id for failed in host.service("outbox").list(state="failed")}
     # one refused, one accepted: sent to the one, and not again to it by a retry
     partly = Job.fetch(partly_id, connection=queue.connection)
     assert partly.get_status() == JobStatus.FINISHED
     assert partly.return_value()["refused"] == {"refused-too@example.org": 550}
     [received] = inbox.messages
     assert received["rcpt_tos"] == ["jane@example.org"]
+
+
+def test_a_recipient_the_server_refuses_with_4xx_is_retried(make_host, queue):
+    """451 means "try later": the task waits for its back-off (30 s), then the mail goes through."""
+    with smtp_server() as (inbox, port):
+        host = make_host(port=port)
+        busy_id = notify(host, "welcome", "busy@example.org", user_name="jane")
+        work(host)
+        waiting = task(host, busy_id)
+        assert (waiting.state, waiting.attempts) == ("queued", 1)
+        assert waiting.error == (f"DeliveryFailed: the SMTP server at 127.0.0.1:{port} refused every recipient "
+                                 f"for now: busy@example.org: 451 4.3.0 mailbox busy, try again later")
+        job = Job.fetch(busy_id, connection=queue.connection)
+        assert job.get_status() == JobStatus.SCHEDULED and busy_id not in queue.failed_job_registry
+        due = queue.scheduled_job_registry.get_scheduled_time(job)
+        assert 20 < (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 30
+        assert inbox.messages == []
+
+        inbox.busy_ok = True  # the mailbox has room again
+        run_now(queue, job)
+        work(host)  # the second attempt goes through
+    done = task(host, busy_id)
+    assert (done.state, done.attempts, done.error) == ("done", 2, None)
+    [received] = inbox.messages
+    assert received["rcpt_tos"] == ["busy@example.org"]
+    assert received["message"]["Message-ID"] == f"<didmos.{busy_id}@acme.example>"
 
 
 def test_unknown_template_missing_value_and_unsafe_value_fail_in_the_caller(make_host, queue):
@@ -373,8 +439,8 @@ def test_a_broken_task_payload_fails_without_retries(make_host, queue):
     assert "notification cannot be made: notification template 'welcome'" in job.latest_result().exc_string
 
 
-def test_disabled_notifications_check_their_input_and_queue_nothing(didmos_redis, queue):
-    host = Host.create({"redis": {"url": didmos_redis.url}})
+def test_disabled_notifications_check_their_input_and_queue_nothing(overrides, queue):
+    host = Host.create(overrides)
     assert host.settings.notify.enabled is False
     assert notify(host, "welcome", "jane@example.org", user_name="jane") is None
     with pytest.raises(NotificationError):
@@ -382,12 +448,38 @@ def test_disabled_notifications_check_their_input_and_queue_nothing(didmos_redis
     assert queue.count == 0
 
 
-def test_an_unreachable_queue_loses_the_mail_loudly_but_does_not_fail_the_caller(make_host, caplog):
-    host = Host.create({"redis": {"url": f"redis://127.0.0.1:{free_port()}/0"},
+def test_a_mail_accepted_while_redis_is_down_is_sent_once_redis_is_back(make_host, queue, own_redis):
+    """The outbox, not a best-effort enqueue: the mail is a directory entry before anything else."""
+    with smtp_server() as (inbox, port):
+        host = make_host(port=port)
+        own_redis.stop()
+        try:
+            started = time.monotonic()
+            task_id = notify(host, "welcome", "jane@example.org", user_name="jane")
+            assert task_id and time.monotonic() - started < 10  # one failed connection attempt to redis
+            stored = task(host, task_id)
+            assert (stored.state, stored.attempts, stored.name) == ("pending", 0, HANDLER_NAME)
+            assert stored.payload == {"template": "welcome", "to": ["jane@example.org"],
+                                      "context": {"user_name": "jane"}}
+        finally:
+            own_redis.start()
+        # redis came back without its data (no persistence here): the dispatcher queues the pending mail
+        report = host.service("outbox").dispatch()
+        assert report.queued >= 1 and queue.job_ids.count(task_id) == 1
+        work(host)
+    assert task(host, task_id).state == "done"
+    mine = [received for received in inbox.messages
+            if received["message"]["Message-ID"] == f"<didmos.{task_id}@acme.example>"]
+    assert len(mine) == 1 and mine[0]["rcpt_tos"] == ["jane@example.org"]
+
+
+def test_an_unreachable_directory_loses_the_mail_loudly_but_does_not_fail_the_caller(overrides, caplog):
+    host = Host.create({**overrides, "directory": {**overrides["directory"], "uri": f"ldap://127.0.0.1:{free_port()}"},
+                        "ldap": {"retry_seconds": 0.2},
                         "notify": {"enabled": True, "from_address": "idm@acme.example"}})
     with caplog.at_level(logging.ERROR, logger="didmos.notify"):
         assert notify(host, "welcome", "jane@example.org", user_name="jane") is None
-    assert "notification 'welcome' to jane@example.org lost: task queue at" in caplog.text
+    assert "notification 'welcome' to jane@example.org lost: directory unreachable: ldap://127.0.0.1:" in caplog.text
 
 
 class CustomerTemplates:

@@ -5,6 +5,7 @@ other module's tasks may be in sight) and real rq workers: ``run_worker(burst=Tr
 horse per job, as ``didmos worker`` does.
 """
 
+import threading
 import uuid
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def runs(log: Path) -> list[str]:
 def test_a_task_is_stored_queued_under_its_id_and_run_once(host, overrides, tmp_path):
     log = tmp_path / "runs.log"
     task = host.service("outbox").submit("test.record", {"log": str(log), "n": 7}, actor="cn=someone,dc=de")
-    assert (task.state, task.attempts, task.actor) == ("queued", 0, "cn=someone,dc=de")
+    # stored and queued in one write: the entry stays pending until a worker claims it
+    assert (task.state, task.attempts, task.actor) == ("pending", 0, "cn=someone,dc=de")
     entry = host.service("directory").get(host.service("outbox").dn(task.id), ["objectClass", "didmosTaskHandler"])
     assert entry.values("objectClass") == ["didmosTask"] and entry.first("didmosTaskHandler") == "test.record"
     connection = redis.Redis.from_url(overrides["redis"]["url"])
@@ -99,6 +101,29 @@ def test_a_delivery_that_finds_its_task_done_does_nothing(host, overrides, tmp_p
     again = outbox.get(task.id)
     assert (again.state, again.attempts, again.result) == ("done", 1, {"seen": 1})
     assert runs(log) == [task.id]
+
+
+def test_of_claimers_racing_for_one_task_exactly_one_wins(host, tmp_path):
+    """The claim is one modify asserting pending-or-queued: of four at once, one gets the task, with one
+    attempt counted (MOD_INCREMENT); the others' assertion fails on running."""
+    outbox = host.service("outbox")
+    task = outbox.submit("test.record", {"log": str(tmp_path / "runs.log")})
+    start, results = threading.Barrier(4), []
+
+    def claim():
+        start.wait()
+        results.append(outbox._claim_at_once(task.id, task.name, task.payload))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [winner] = [result for result in results if result is not None]
+    assert (winner.state, winner.attempts) == ("running", 1) and results.count(None) == 3
+    stored = outbox.get(task.id)
+    assert (stored.state, stored.attempts, stored.version) == ("running", 1, winner.version)
+    assert outbox._claim_at_once(task.id, task.name, task.payload) is None  # running: nobody else claims it
 
 
 def test_an_idempotency_key_gives_one_task(host, tmp_path):
