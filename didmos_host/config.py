@@ -6,6 +6,7 @@ Lowest to highest:
 2. defaults that customer plugins (``tryfirst``) give for any namespace;
 3. settings files: ``/etc/didmos/settings.toml`` when it exists, then the files named in
    ``DIDMOS_SETTINGS_FILES`` (separated by ``:`` or ``,``), later files winning;
+   then the central settings document in redis, when ``central.url`` is set (:mod:`didmos_host.central`);
 4. environment variables ``DIDMOS_<NAMESPACE>__<KEY>`` (values parsed as TOML: ``8000`` is an int);
 5. overrides given to :func:`didmos_host.app.create_app` (tests, the ``dev`` command).
 
@@ -89,13 +90,17 @@ def load_settings(
 
     Raises :class:`ConfigError` on bad input.
     """
+    from didmos_host import central
+
     try:
+        files = settings_files()
         settings = Dynaconf(
             envvar_prefix="DIDMOS",
-            settings_files=settings_files(),
+            settings_files=files,
             environments=False,
             load_dotenv=False,
             merge_enabled=True,
+            **central.dynaconf_options(files, overrides),  # the central store's loader, when central.url is set
         )
         settings.as_dict()  # force loading now, so a broken file fails here, with its name
     except ConfigError:
@@ -199,6 +204,8 @@ def source_of(settings: Dynaconf, key: str) -> str:
                 source = str(identifier)
             elif identifier == "overrides":
                 source = "overrides"
+            elif entry.get("loader") == "central":
+                source = "central"
             else:
                 source = f"file {identifier}"
             previous = found

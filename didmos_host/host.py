@@ -41,9 +41,18 @@ class Host:
         load_entry_points: bool = True,
     ) -> Host:
         """Load plugins and settings. Raises ``PluginError`` or ``ConfigError`` naming the culprit."""
+        extra_plugins = tuple(extra_plugins)
         pm = create_plugin_manager(extra_plugins, load_entry_points=load_entry_points)
         settings, namespaces = load_settings(pm, overrides)
-        return cls(pm, settings, namespaces)
+        host = cls(pm, settings, namespaces)
+        host._origin = (overrides, extra_plugins, load_entry_points)
+        return host
+
+    def recreate(self) -> Host:
+        """A new host from the same plugins and overrides, with the settings read again (files, the
+        central store, the environment): how a running process follows a change of the central settings."""
+        overrides, extra_plugins, load_entry_points = getattr(self, "_origin", (None, (), True))
+        return type(self).create(overrides, extra_plugins=extra_plugins, load_entry_points=load_entry_points)
 
     def authorize(self, actor: Actor | None, action: Action) -> bool:
         """Ask every plugin's vote: deny wins, and no vote at all means deny."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
+from didmos_host import observability
 from didmos_host.app import _build
 from didmos_host.host import Host
 
@@ -19,23 +20,30 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        return _build(self.host)
+        from didmos_host.central import live_app
+
+        return live_app(_build(self.host))  # follows the central settings, when central.url is set
 
 
 def serve(*, bind_host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
     """Load plugins and settings once (so bad settings fail before any worker forks), then serve."""
     host = Host.create()
+    observability.configure_logging(host.settings, replace=True)  # gunicorn's loggers use it too
     api = host.settings.api
-    _Gunicorn(
-        host,
-        {
-            "bind": f"{bind_host or api.host}:{port or api.port}",
-            "workers": workers or api.workers,
-            "threads": api.threads,
-            "worker_class": "gthread",
-            "accesslog": "-",
-            "graceful_timeout": 10,
-            # gunicorn's control socket sits at one fixed path per user; two instances would collide.
-            "control_socket_disable": True,
-        },
-    ).run()
+    with observability.shared_metrics():  # the workers' metrics, summed by every worker's /metrics
+        _Gunicorn(
+            host,
+            {
+                "bind": f"{bind_host or api.host}:{port or api.port}",
+                "workers": workers or api.workers,
+                "threads": api.threads,
+                "worker_class": "gthread",
+                # no gunicorn access log: didmos logs each request itself (didmos.access), with its route,
+                # actor and request id
+                "logger_class": observability.gunicorn_logger_class(),
+                "child_exit": observability.worker_exited,
+                "graceful_timeout": 10,
+                # gunicorn's control socket sits at one fixed path per user; two instances would collide.
+                "control_socket_disable": True,
+            },
+        ).run()

@@ -68,6 +68,7 @@ from didmos_host.errors import (
     Unavailable,
 )
 from didmos_host.records import Actor
+from didmos_host.sentinel import connect_redis
 from didmos_auth.throttle import FailureThrottle
 
 log = logging.getLogger("didmos.tokens")
@@ -386,13 +387,13 @@ class RevocationList:
     than accept a token that may have been revoked.
     """
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, settings):
+        self.settings = settings  # redis.url, or redis.sentinels (didmos_host.sentinel)
         self._redis: redis.Redis | None = None
 
     def _connection(self) -> redis.Redis:
         if self._redis is None:  # a connection pool, thread-safe; made on first use
-            self._redis = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=2)
+            self._redis = connect_redis(self.settings, socket_connect_timeout=2, socket_timeout=2)
         return self._redis
 
     @staticmethod
@@ -570,7 +571,7 @@ class TokenIssuer:
         self.settings = host.settings.tokens
         self.keys = SigningKeys(host, self.settings.keys_dn, self.settings.key_refresh_seconds)
         self.clients = ClientRegistry(host, self.settings.clients_dn, list(self.settings.scopes))
-        self.revocations = RevocationList(host.settings.redis.url)
+        self.revocations = RevocationList(host.settings)
         throttle = host.settings.get("auth.throttle") or {}
         self.client_throttle = FailureThrottle(
             window_seconds=throttle.get("window_seconds", 300.0),
@@ -786,8 +787,26 @@ class TokenIssuer:
 
 # -- HTTP ------------------------------------------------------------------------------------------------
 
+#: What /openapi.json says the OAuth endpoints answer: RFC 6749 5.2 error bodies from authlib, and the
+#: didmos error body for what the host answers (429 of the throttle, 503 when the directory is down).
+OAUTH_ERROR_RESPONSE = {
+    "description": "An RFC 6749 5.2 error (`error`, `error_description`), or a didmos error body",
+    "content": {"application/json": {"schema": {"anyOf": [
+        {"type": "object", "required": ["error"],
+         "properties": {"error": {"type": "string"}, "error_description": {"type": "string"},
+                        "error_uri": {"type": "string"}}},
+        {"$ref": "#/components/schemas/Error"},
+    ]}}},
+}
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"responses": {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}}
+
+
 blueprint = Blueprint("oauth", __name__, url_prefix="/oauth",
-                      description="didmos as an OAuth 2 token issuer (docs/auth.md)")
+                      description="didmos as an OAuth 2 token issuer (docs/auth.md)",
+                      error_response=OAUTH_ERROR_RESPONSE)
 metadata_blueprint = Blueprint("oauth_metadata", __name__, description="Discovery of didmos's token issuer")
 
 
@@ -809,6 +828,10 @@ class TokenEndpoint(MethodView):
         scope="Space-separated scopes; default: all the client may have",
         username="password grant: the user's didmosUUID", password="password grant: the password",
         client_id="client_secret_post: the client's name", client_secret="client_secret_post: its secret"))
+    @blueprint.doc(**_ok({"type": "object", "required": ["access_token", "token_type"],
+                          "properties": {"access_token": {"type": "string"}, "token_type": {"type": "string"},
+                                         "expires_in": {"type": "integer"}, "scope": {"type": "string"}}},
+                         "The access token (RFC 6749 5.1)"))
     def post(self):
         """Issue a signed access token.
 
@@ -822,6 +845,7 @@ class TokenEndpoint(MethodView):
 @blueprint.route("/revoke")
 class RevokeEndpoint(MethodView):
     @blueprint.doc(**_form(["token"], token="The access token", token_type_hint="access_token"))
+    @blueprint.doc(**_ok({"type": "object"}, "Revoked, or there was nothing to revoke (RFC 7009 2.2)"))
     def post(self):
         """Revoke a token (RFC 7009).
 
@@ -834,6 +858,8 @@ class RevokeEndpoint(MethodView):
 @blueprint.route("/introspect")
 class IntrospectEndpoint(MethodView):
     @blueprint.doc(**_form(["token"], token="The access token", token_type_hint="access_token"))
+    @blueprint.doc(**_ok({"type": "object", "required": ["active"], "properties": {"active": {"type": "boolean"}}},
+                         "RFC 7662 2.2: `active`, and the token's claims when it is"))
     def post(self):
         """Whether a token is active, and its claims (RFC 7662).
 
@@ -844,6 +870,8 @@ class IntrospectEndpoint(MethodView):
 
 @blueprint.route("/jwks")
 class JwksEndpoint(MethodView):
+    @blueprint.doc(**_ok({"type": "object", "required": ["keys"],
+                          "properties": {"keys": {"type": "array", "items": {"type": "object"}}}}, "A JWK Set"))
     def get(self):
         """The keys that verify didmos's tokens (RFC 7517 JWK Set).
 
@@ -854,6 +882,8 @@ class JwksEndpoint(MethodView):
 
 @metadata_blueprint.route("/.well-known/openid-configuration")
 class DiscoveryEndpoint(MethodView):
+    @metadata_blueprint.doc(**_ok({"type": "object", "required": ["issuer", "token_endpoint", "jwks_uri"],
+                                   "properties": {"issuer": {"type": "string"}}}, "RFC 8414 metadata"))
     def get(self):
         """The token issuer's discovery document.
 
