@@ -49,6 +49,7 @@ from ldap.syncrepl import SyncreplConsumer
 
 from didmos_host.errors import ConfigError, Unavailable
 from didmos_ldap.directory import VERSION_ATTRIBUTES, Entry, normalize_dn
+from didmos_ldap.metrics import counted
 from didmos_ldap.pool import CONNECTION_ERRORS, ConnectionPool, PoolSettings
 
 log = logging.getLogger("didmos.ldap.cache")
@@ -329,6 +330,7 @@ class EntryCache:
         cached.used = True  # second chance for eviction
         return cached.project(plan)
 
+    @counted
     def lookup(self, dn: str, attrs: Sequence[str] | None) -> Entry | None:
         """The cached entry at ``dn`` with ``attrs`` (None: all user attributes), or None: ask LDAP."""
         if self._not_serving():
@@ -341,6 +343,7 @@ class EntryCache:
             return None
         return self._serve(cached, attrs)
 
+    @counted
     def lookup_uuid(self, didmos_uuid: str, base: str, attrs: Sequence[str] | None) -> Entry | None:
         """The cached entry with ``didmos_uuid`` at or below ``base``, or None: ask LDAP."""
         if self._not_serving():
