@@ -113,6 +113,11 @@ def didmos_startup(app):
             "description": "An access token issued by didmos (POST /oauth/token)"
                            + (f" or by one of these OpenID Connect providers: {', '.join(issuers)}" if issuers else "")
                            + ". JWTs are verified with the issuer's keys, other tokens introspected."})
+    schemes = list(spec.components.security_schemes)
+    if schemes:
+        # Every operation takes any of them, or none (the PDP decides what anonymous may do); without this
+        # requirement Swagger UI (/docs) would send no credentials the user entered under "Authorize".
+        spec.options.setdefault("security", [*({name: []} for name in schemes), {}])
 
 
 def _host():

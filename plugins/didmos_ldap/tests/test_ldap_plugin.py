@@ -17,7 +17,8 @@ def test_migrations_are_the_shipped_ldif_files_in_order():
     (migrations,) = [m for m in host.hook.didmos_directory_migrations() if m and m[0].name.startswith("didmos_ldap")]
     assert [m.name for m in migrations] == ["didmos_ldap.0001-didmos-schema", "didmos_ldap.0002-didmos-indexes",
         "didmos_ldap.0003-default-password-policy", "didmos_ldap.0004-didmos-scim",
-        "didmos_ldap.0005-memberof-didmos-group", "didmos_ldap.0006-didmos-scim-indexes"]
+        "didmos_ldap.0005-memberof-didmos-group", "didmos_ldap.0006-didmos-scim-indexes",
+        "didmos_ldap.0007-scim-filter-indexes"]
     assert all(m.ldif.parent == SCHEMA_DIR and m.ldif.is_file() for m in migrations)
 
 
