@@ -7,7 +7,9 @@ from typing import Any
 
 import flask
 
-from didmos_host import __version__
+from didmos_host import __version__, apidocs
+from didmos_host import observability
+from didmos_host import bodies
 from didmos_host.api import Api
 from didmos_host.errors import AuthenticationFailed
 from didmos_host.host import Host
@@ -38,12 +40,15 @@ def _build(host: Host) -> flask.Flask:
         OPENAPI_JSON_PATH="openapi.json",
         JSON_SORT_KEYS=False,
     )
+    bodies.install(app)  # chunked bodies over the limit: 413; JSON that would crash the parser: 400
     app.json.sort_keys = False
     app.extensions["didmos"] = host
+    apidocs.configure(app, settings)  # the Swagger UI page; before Api(app), which reads its settings
     api = Api(app)
     blueprints = collect_named(host.hook.didmos_blueprints(app=app), "blueprint")
     for blueprint in blueprints.values():
         api.register_blueprint(blueprint)
+    observability.install(app)  # request ids, access log, HTTP metrics
 
     @app.errorhandler(Exception)
     def handle(error: Exception):

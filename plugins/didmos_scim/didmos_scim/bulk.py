@@ -32,6 +32,7 @@ from didmos_host.api import Blueprint
 from didmos_host.app import current_actor, current_host
 from didmos_host.errors import AlreadyExists, ConstraintViolation, DidmosError
 from didmos_host.records import Actor
+from didmos_scim import openapi as doc
 from didmos_scim.convert import InvalidValue
 from didmos_scim.discovery import ProviderLimits
 from didmos_scim.patch import InvalidPath, InvalidSyntax
@@ -391,7 +392,7 @@ class BulkJob:
 # -- the route -----------------------------------------------------------------------------------------
 
 bulk = Blueprint("scim_bulk", __name__, url_prefix="/scim/v2",
-                 description="SCIM 2.0 bulk operations (RFC 7644 section 3.7)")
+                 description="SCIM 2.0 bulk operations (RFC 7644 section 3.7)", error_response=doc.ERROR_RESPONSE)
 
 #: The one method /Bulk answers (and OPTIONS); every other one gets 405.
 ALLOWED = "POST, OPTIONS"
@@ -399,6 +400,7 @@ REFUSED = ["GET", "PUT", "PATCH", "DELETE"]
 
 
 @bulk.route("/Bulk", methods=["POST"])
+@bulk.doc(**doc.operation(doc.ok(200, doc.BULK_RESPONSE_SCHEMA, "A BulkResponse"), body=doc.BULK_BODY))
 def post_bulk():
     """Perform a BulkRequest's operations (POST, PUT, PATCH, DELETE; ``bulkId:`` references resolved) and
     answer 200 with a BulkResponse of each one's status; ``failOnErrors`` stops after that many failures.

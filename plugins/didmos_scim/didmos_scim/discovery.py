@@ -25,6 +25,7 @@ from didmos_host.api import Blueprint
 from didmos_host.app import current_host
 from didmos_host.errors import DidmosError
 from didmos_host.records import ResourceType
+from didmos_scim import openapi as doc
 from didmos_scim.mapping import LUI, Attribute, Mapping, Schema
 from didmos_scim.resources import DEFAULT_COUNT, LIST_RESPONSE, MAX_RESULTS, respond
 from didmos_scim.service import ScimError
@@ -202,7 +203,10 @@ def registered(host) -> list[tuple[ResourceType, Mapping]]:
 
 discovery = Blueprint("scim_discovery", __name__, url_prefix="/scim/v2",
                       description="SCIM 2.0 discovery: service provider configuration, resource types, "
-                                  "schemas (RFC 7644 section 4); no credentials needed")
+                                  "schemas (RFC 7644 section 4); no credentials needed",
+                      error_response=doc.ERROR_RESPONSE)
+_DOCUMENT = doc.operation(doc.ok(200, {"type": "object", "required": ["schemas"]}, "The document"))
+_LISTED = doc.operation(doc.LISTED)
 
 #: Methods the discovery endpoints answer; every other one gets 405.
 ALLOWED = "GET, HEAD, OPTIONS"
@@ -226,6 +230,7 @@ def _list_response(resources: list[dict[str, Any]]) -> flask.Response:
 
 
 @discovery.route("/ServiceProviderConfig", methods=["GET"])
+@discovery.doc(**_DOCUMENT)
 def get_service_provider_config():
     """The SCIM features this service provider offers (RFC 7643 section 5)."""
     _refuse_filter()
@@ -235,6 +240,7 @@ def get_service_provider_config():
 
 
 @discovery.route("/ResourceTypes", methods=["GET"])
+@discovery.doc(**_LISTED)
 def list_resource_types():
     """Every resource type (RFC 7643 section 6), as a ListResponse."""
     _refuse_filter()
@@ -242,6 +248,7 @@ def list_resource_types():
 
 
 @discovery.route("/ResourceTypes/<name>", methods=["GET"])
+@discovery.doc(**_DOCUMENT)
 def get_resource_type(name):
     """One resource type by name (``User``); 404 when there is none of that name."""
     _refuse_filter()
@@ -254,6 +261,7 @@ def get_resource_type(name):
 
 
 @discovery.route("/Schemas", methods=["GET"])
+@discovery.doc(**_LISTED)
 def list_schemas():
     """Every schema the resource types use, core and extensions (RFC 7643 section 7), as a ListResponse."""
     _refuse_filter()
@@ -261,6 +269,7 @@ def list_schemas():
 
 
 @discovery.route("/Schemas/<urn>", methods=["GET"])
+@discovery.doc(**_DOCUMENT)
 def get_schema(urn):
     """One schema by its URN (``urn:ietf:params:scim:schemas:core:2.0:User``); 404 when none has it."""
     _refuse_filter()

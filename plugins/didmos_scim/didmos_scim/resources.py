@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import flask
 
-from didmos_host.api import Blueprint
+from didmos_host.api import Blueprint, MethodView
 from didmos_host.app import current_actor, current_host
 from didmos_host.errors import AlreadyExists, AuthenticationFailed
 from didmos_host.records import Action
+from didmos_scim import openapi as doc
 from didmos_scim.filters import InvalidFilter
 from didmos_scim.mapping import LUI
 from didmos_scim.patch import InvalidSyntax
@@ -33,9 +34,10 @@ LUI_TYPES = {"user": "User", "groups": "Group", "organization": "Organization"}
 #: The seeds' spelling of each path segment, for meta.location on the LUI mount.
 LUI_PATHS = {"User": "User", "Groups": "Group", "Organization": "Organization"}
 
-scim = Blueprint("scim", __name__, url_prefix="/scim/v2", description="SCIM 2.0 (RFC 7643/7644)")
+scim = Blueprint("scim", __name__, url_prefix="/scim/v2", description="SCIM 2.0 (RFC 7643/7644)",
+                 error_response=doc.ERROR_RESPONSE)
 lui = Blueprint("lui2", __name__, url_prefix="/lui2_backend/v2",
-                description="SCIM for clients of the original LUI2 backend")
+                description="SCIM for clients of the original LUI2 backend", error_response=doc.ERROR_RESPONSE)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,10 @@ def _int_arg(source, name: str, default: int) -> int:
 
 
 def _body():
-    """The request's JSON body; 413 when too large, 400 ``invalidSyntax`` when it is not JSON."""
+    """The request's JSON body; 413 when too large, 400 ``invalidSyntax`` when it is not JSON.
+
+    Only for an authenticated caller (401 first): nothing of a stranger's input is parsed."""
+    current_actor()
     limit = current_host().settings.api.max_content_length
     length = flask.request.content_length
     if length is not None and length > limit:
@@ -195,9 +200,11 @@ def _lui_operations(operations: dict) -> dict:
     return {"entry": entry, "attributes": {attr: sorted(ops) for attr, ops in attributes.items()}}
 
 
-def _with_version(response: flask.Response, resource: dict) -> flask.Response:
-    if resource.get("meta", {}).get("version"):
-        response.headers["ETag"] = resource["meta"]["version"]
+def _with_version(response: flask.Response, meta: dict) -> flask.Response:
+    """The ``ETag`` header from the resource's ``meta`` as read, before ``attributes`` or
+    ``excludedAttributes`` left ``meta.version`` out of the body (the header is there whatever is shown)."""
+    if meta.get("version"):
+        response.headers["ETag"] = meta["version"]
     return response
 
 
@@ -290,8 +297,9 @@ def _get(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
         response = flask.make_response("", 304)
         response.headers["ETag"] = version
         return response
+    meta = dict(resource.get("meta", {}))
     resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
-    return _with_version(respond(resource), resource)
+    return _with_version(respond(resource), meta)
 
 
 def _create(type_name: str, mount: Mount, parent: str | None = None) -> flask.Response:
@@ -304,11 +312,12 @@ def _create(type_name: str, mount: Mount, parent: str | None = None) -> flask.Re
         if mount.lui and (exc.detail or {}).get("attribute") == "userName":
             raise ScimError(exc.message, status=mount.taken, scim_type="uniqueness") from None
         raise
+    meta = dict(resource.get("meta", {}))
     resource = _finish(resource, entry, type_name, mount, keyed_operations=True,
                        projection=_projection(flask.request.args))
-    response = _with_version(respond(resource, mount.created), resource)
+    response = _with_version(respond(resource, mount.created), meta)
     if mount.strict:
-        response.headers["Location"] = resource["meta"]["location"]
+        response.headers["Location"] = meta["location"]
     return response
 
 
@@ -316,16 +325,18 @@ def _replace(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
     resource, entry = service().replace(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
                                         strict=mount.strict, if_match=flask.request.headers.get("If-Match"),
                                         names=_names(mount, flask.request.args))
+    meta = dict(resource.get("meta", {}))
     resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
-    return _with_version(respond(resource), resource)
+    return _with_version(respond(resource), meta)
 
 
 def _patch(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
     resource, entry = service().patch(type_name, resource_id, _body(), current_actor(), base_url=mount.base_url(),
                                       strict=mount.strict, if_match=flask.request.headers.get("If-Match"),
                                       names=_names(mount, flask.request.args))
+    meta = dict(resource.get("meta", {}))
     resource = _finish(resource, entry, type_name, mount, projection=_projection(flask.request.args))
-    return _with_version(respond(resource), resource)
+    return _with_version(respond(resource), meta)
 
 
 def _delete(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
@@ -354,21 +365,43 @@ def _scim_type(endpoint: str) -> str:
     raise ScimError(f"no resource type at /{endpoint}", status=404)
 
 
-@scim.route("/<endpoint>", methods=["GET", "POST"])
-def scim_collection(endpoint):
-    """List resources (RFC 7644 3.4.2: filter, startIndex, count, sortBy, sortOrder, attributes,
-    excludedAttributes), or create one (3.3: 201 with Location and ETag)."""
-    type_name = _scim_type(endpoint)
-    if flask.request.method == "POST":
-        return _create(type_name, STRICT)
-    return _list(type_name, STRICT, flask.request.args)
+@scim.route("/<endpoint>", parameters=[doc.path_enum("endpoint", doc.ENDPOINTS)])
+class ScimCollection(MethodView):
+    @scim.doc(**doc.operation(doc.LISTED, **doc.LIST))
+    def get(self, endpoint):
+        """List resources (RFC 7644 3.4.2: filter, startIndex, count, sortBy, sortOrder, attributes,
+        excludedAttributes, cursor)."""
+        return _list(_scim_type(endpoint), STRICT, flask.request.args)
+
+    @scim.doc(**doc.operation(doc.CREATED, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
+    def post(self, endpoint):
+        """Create a resource (RFC 7644 3.3: 201 with Location and ETag)."""
+        return _create(_scim_type(endpoint), STRICT)
 
 
-@scim.route("/<endpoint>/<resource_id>", methods=["GET", "PUT", "PATCH", "DELETE"])
-def scim_resource(endpoint, resource_id):
-    """One resource by id: read (If-None-Match: 304), replace, modify (If-Match: 412), delete (204)."""
-    type_name = _scim_type(endpoint)
-    return _one(type_name, resource_id, STRICT)
+@scim.route("/<endpoint>/<resource_id>", parameters=[doc.path_enum("endpoint", doc.ENDPOINTS)])
+class ScimResource(MethodView):
+    """One resource by id."""
+
+    @scim.doc(**doc.operation(doc.READ, doc.NOT_MODIFIED, query=doc.PROJECTION))
+    def get(self, endpoint, resource_id):
+        """Read it (If-None-Match: 304)."""
+        return _get(_scim_type(endpoint), resource_id, STRICT)
+
+    @scim.doc(**doc.operation(doc.READ, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
+    def put(self, endpoint, resource_id):
+        """Replace it (If-Match: 412 when it changed)."""
+        return _replace(_scim_type(endpoint), resource_id, STRICT)
+
+    @scim.doc(**doc.operation(doc.READ, body=doc.PATCH_BODY, query=doc.PROJECTION))
+    def patch(self, endpoint, resource_id):
+        """Modify it with a PatchOp, as one LDAP modify (If-Match: 412 when it changed)."""
+        return _patch(_scim_type(endpoint), resource_id, STRICT)
+
+    @scim.doc(**doc.operation(doc.DELETED))
+    def delete(self, endpoint, resource_id):
+        """Delete it (If-Match: 412 when it changed)."""
+        return _delete(_scim_type(endpoint), resource_id, STRICT)
 
 
 def _one(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
@@ -382,24 +415,48 @@ def _one(type_name: str, resource_id: str, mount: Mount) -> flask.Response:
     return _delete(type_name, resource_id, mount)
 
 
-@scim.route("/<endpoint>/.search", methods=["POST"])
+@scim.route("/<endpoint>/.search", methods=["POST"], parameters=[doc.path_enum("endpoint", doc.ENDPOINTS)])
+@scim.doc(**doc.operation(doc.LISTED, body=doc.SEARCH_BODY))
 def scim_type_search(endpoint):
     """Query one resource type with the query in the body (RFC 7644 3.4.3)."""
     return _search(_scim_type(endpoint), STRICT)
 
 
 @scim.route("/.search", methods=["POST"])
+@scim.doc(**doc.operation(doc.LISTED, body=doc.SEARCH_BODY))
 def scim_root_search():
     """Query every resource type at once (RFC 7644 3.4.3)."""
     return _search(None, STRICT)
 
 
-@scim.route("/Me", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
-def scim_me():
-    """The authenticated user's own resource (RFC 7644 3.11)."""
-    if flask.request.method == "POST":
+@scim.route("/Me")
+class ScimMe(MethodView):
+    """The authenticated user's own resource (RFC 7644 3.11), decided like any other User."""
+
+    @scim.doc(**doc.operation(doc.READ, doc.NOT_MODIFIED, query=doc.PROJECTION))
+    def get(self):
+        """Read it."""
+        return _one("User", _me(), STRICT)
+
+    @scim.doc(**doc.operation(doc.READ, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
+    def put(self):
+        """Replace it."""
+        return _one("User", _me(), STRICT)
+
+    @scim.doc(**doc.operation(doc.READ, body=doc.PATCH_BODY, query=doc.PROJECTION))
+    def patch(self):
+        """Modify it."""
+        return _one("User", _me(), STRICT)
+
+    @scim.doc(**doc.operation(doc.DELETED))
+    def delete(self):
+        """Delete it."""
+        return _one("User", _me(), STRICT)
+
+    @scim.doc(**doc.operation(doc.NOT_IMPLEMENTED, body=doc.RESOURCE_BODY))
+    def post(self):
+        """Refused whoever asks: create users at /Users (RFC 7644 3.11 allows 501)."""
         raise ScimError("POST /Me is not supported: create users at /Users", status=501)
-    return _one("User", _me(), STRICT)
 
 
 # -- /lui2_backend/v2 ----------------------------------------------------------------------------------
@@ -412,28 +469,56 @@ def _lui_type(segment: str) -> str:
         raise ScimError(f"no resource type {segment!r}; use User, Groups or Organization", status=404) from None
 
 
-@lui.route("/<segment>/", methods=["GET", "POST"])
-def lui_collection(segment):
-    """List resources as the LUI backend (GET /User/?filter=...), or create one (POST /User/: 200)."""
-    type_name = _lui_type(segment)
-    if flask.request.method == "POST":
-        return _create(type_name, LUI_MOUNT)
-    return _list(type_name, LUI_MOUNT, flask.request.args)
+_SEGMENT = [doc.path_enum("segment", doc.LUI_SEGMENTS)]
 
 
-@lui.route("/<segment>/<resource_id>/", methods=["GET", "PUT", "PATCH", "DELETE"])
-def lui_resource(segment, resource_id):
-    """One resource as the LUI backend: GET with location and meta operations, PUT, PATCH, DELETE (200)."""
-    return _one(_lui_type(segment), resource_id, LUI_MOUNT)
+@lui.route("/<segment>/", parameters=_SEGMENT)
+class LuiCollection(MethodView):
+    @lui.doc(**doc.operation(doc.LISTED, **doc.LIST))
+    def get(self, segment):
+        """List resources as the LUI backend (GET /User/?filter=...)."""
+        return _list(_lui_type(segment), LUI_MOUNT, flask.request.args)
+
+    @lui.doc(**doc.operation(doc.CREATED_LUI, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
+    def post(self, segment):
+        """Create a resource (POST /User/: 200)."""
+        return _create(_lui_type(segment), LUI_MOUNT)
 
 
-@lui.route("/<segment>/<path:node_dn>/", methods=["POST"])
+@lui.route("/<segment>/<resource_id>/", parameters=_SEGMENT)
+class LuiResource(MethodView):
+    """One resource as the LUI backend: with location and meta operations."""
+
+    @lui.doc(**doc.operation(doc.READ, doc.NOT_MODIFIED, query=doc.PROJECTION))
+    def get(self, segment, resource_id):
+        """Read it."""
+        return _get(_lui_type(segment), resource_id, LUI_MOUNT)
+
+    @lui.doc(**doc.operation(doc.READ, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
+    def put(self, segment, resource_id):
+        """Replace it."""
+        return _replace(_lui_type(segment), resource_id, LUI_MOUNT)
+
+    @lui.doc(**doc.operation(doc.READ, body=doc.PATCH_BODY, query=doc.PROJECTION))
+    def patch(self, segment, resource_id):
+        """Modify it."""
+        return _patch(_lui_type(segment), resource_id, LUI_MOUNT)
+
+    @lui.doc(**doc.operation(doc.DELETED_LUI))
+    def delete(self, segment, resource_id):
+        """Delete it (200 with {})."""
+        return _delete(_lui_type(segment), resource_id, LUI_MOUNT)
+
+
+@lui.route("/<segment>/<path:node_dn>/", methods=["POST"], parameters=_SEGMENT)
+@lui.doc(**doc.operation(doc.CREATED_LUI, body=doc.RESOURCE_BODY, query=doc.PROJECTION))
 def lui_create_under(segment, node_dn):
     """Create a resource under the entry ``node_dn`` (POST /User/ou=data,ou=default-tenant,dc=didmos,dc=de/)."""
     return _create(_lui_type(segment), LUI_MOUNT, parent=node_dn)
 
 
-@lui.route("/<segment>/.search", methods=["POST"])
+@lui.route("/<segment>/.search", methods=["POST"], parameters=_SEGMENT)
+@lui.doc(**doc.operation(doc.LISTED, body=doc.SEARCH_BODY))
 def lui_type_search(segment):
     """Query one resource type with the query in the body."""
     return _search(_lui_type(segment), LUI_MOUNT)
