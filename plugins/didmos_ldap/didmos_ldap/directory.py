@@ -26,7 +26,6 @@ import ldap.dn
 from ldap.controls import DecodeControlTuples
 from ldap.controls.libldap import AssertionControl, MatchedValuesControl, SimplePagedResultsControl
 from ldap.controls.ppolicy import PasswordPolicyControl
-from ldap.controls.readentry import PostReadControl
 from ldap.controls.simple import ValueLessRequestControl
 from ldap.controls.sss import SSSRequestControl
 from ldap.controls.vlv import VLVRequestControl, VLVResponseControl
@@ -44,8 +43,11 @@ from didmos_host.errors import (
     Unavailable,
 )
 from didmos_host.records import Actor, LdapOperation
+from didmos_ldap import metrics
+from didmos_ldap.audit import audited
 from didmos_ldap.filters import any_of, eq
 from didmos_ldap.pool import CONNECTION_ERRORS, ConnectionPool, PoolSettings, wait_backoff
+from didmos_ldap.readentry import PostReadControl  # its own BER codec: pyasn1 cost ~2 ms per read-back
 
 if TYPE_CHECKING:
     from didmos_ldap.cache import EntryCache
@@ -66,23 +68,27 @@ class Entry:
     Attribute names are matched case-insensitively by :meth:`get`, :meth:`values`, :meth:`first`,
     :meth:`raw` and ``in``. ``attrs`` is the dict python-ldap returned, kept as it is: most reads ask
     for a name spelt as requested, and copying it into a case-insensitive dict costs more than the
-    rare fallback scan.
+    rare fallback. The first name that misses builds a lower-cased index of the names once, so the
+    misses after it (an absent attribute: rendering asks for every mapped one) are one dict lookup
+    instead of a scan with ``lower()`` of every name. ``attrs`` is not changed after it is read; the
+    index is built again should names be added or removed all the same.
     """
 
-    __slots__ = ("dn", "attrs")
+    __slots__ = ("dn", "attrs", "_folded")
 
     def __init__(self, dn: str, attrs: dict[str, list[bytes]]):
         self.dn = dn
         self.attrs = attrs
+        self._folded: dict[str, list[bytes]] | None = None
 
     def get(self, attr: str) -> list[bytes] | None:
         """The raw values of ``attr`` (any spelling of its name), or ``None``."""
         values = self.attrs.get(attr)
         if values is None:
-            wanted = attr.lower()
-            for name, found in self.attrs.items():
-                if name.lower() == wanted:
-                    return found
+            folded = self._folded
+            if folded is None or len(folded) != len(self.attrs):
+                folded = self._folded = {name.lower(): found for name, found in self.attrs.items()}
+            return folded.get(attr.lower())
         return values
 
     def values(self, attr: str) -> list[str]:
@@ -186,7 +192,8 @@ class Directory:
             return ConnectionPool(PoolSettings(
                 uris=tuple(uris.split()), bind_dn=bind_dn, bind_password=password, size=size,
                 connect_timeout=s.connect_timeout, timeout=s.timeout, starttls=s.starttls,
-                tls_ca_file=s.tls_ca_file, tls_require_cert=s.tls_require_cert))
+                tls_ca_file=s.tls_ca_file, tls_require_cert=s.tls_require_cert,
+                failback_seconds=s.failback_seconds))
 
         main = pool(d.uri, d.bind_dn, d.bind_password, s.pool_size)
         cache = None
@@ -210,6 +217,7 @@ class Directory:
 
     # -- the operation pipeline ------------------------------------------------------------------
 
+    @metrics.timed
     def _run(self, operation: LdapOperation, actor: Actor | None, execute, *, pool=None, retry_sent: bool,
              intercept: bool = True):
         """Intercept (unless the caller did), execute with retries, translate errors, and report the result."""
@@ -320,7 +328,20 @@ class Directory:
         def execute(conn, op):
             msgid = conn.search_ext(op.dn, op.scope, op.filter, op.attributes, serverctrls=op.controls)
             conn.didmos_retire = True  # the sort lives until the connection closes: see window()
-            _, data, _, controls = conn.result3(msgid)
+            try:
+                _, data, _, controls = conn.result3(msgid)
+            except ldap.VLV_ERROR:
+                if offset == 1:
+                    raise
+                # slapo-sssvlv refuses an offset past the last entry (SCIM startIndex beyond totalResults,
+                # which is an empty page, RFC 7644 3.4.2.4): ask for the total alone, from the top
+                first = VLVRequestControl(criticality=True, before_count=0, after_count=0, offset=1, content_count=0)
+                msgid = conn.search_ext(op.dn, op.scope, op.filter, ["1.1"], serverctrls=[op.controls[0], first])
+                _, _, _, controls = conn.result3(msgid)
+                total = next((c.content_count for c in controls if isinstance(c, VLVResponseControl)), None)
+                if total is None or total >= offset:
+                    raise
+                return [], total
             total = next((c.content_count for c in controls if isinstance(c, VLVResponseControl)), None)
             entries = [Entry(dn, entry_attrs) for dn, entry_attrs in data if dn is not None]
             if total is None:
@@ -416,12 +437,18 @@ class Directory:
         Served by the entry cache when it is enabled; otherwise one subtree search. Raises
         :class:`ConstraintViolation` when several entries below ``base`` have that didmosUUID.
         """
+        if attrs is not None:  # to compare below
+            attrs = [*(a for a in attrs if a != "1.1"), "didmosUUID"]
         if self.cache is None:
             found = self.search(base, eq("didmosUUID", uuid), SUBTREE, attrs, actor=actor)
         else:
             operation = LdapOperation(kind="search", dn=base, scope=SUBTREE, filter=str(eq("didmosUUID", uuid)),
                                       attributes=list(attrs) if attrs is not None else None)
             found = self._read_cached(operation, actor, uuid=uuid)
+        # slapd compares didmosUUID with caseIgnoreIA5Match, where insignificant spaces and whatever
+        # follows a NUL do not count: "<id> " and "<id>\0x" found <id> (tests/fuzz/test_hostile_input.py).
+        # Only the id itself, in any case, names the entry.
+        found = [entry for entry in found if (entry.first("didmosUUID") or "").lower() == uuid.lower()]
         if len(found) > 1:
             raise ConstraintViolation(f"didmosUUID {uuid} is not unique below {base}: {len(found)} entries have it")
         return found[0] if found else None
@@ -464,6 +491,7 @@ class Directory:
         except NotFound:
             return []
 
+    @audited
     def _write(self, operation: LdapOperation, actor: Actor | None, execute, dn: str):
         """Run a write: the request's reads are forgotten, a write that reached the server is never sent
         again, and the cache forgets the entry whatever the outcome."""

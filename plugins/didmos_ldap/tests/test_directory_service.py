@@ -302,3 +302,17 @@ def test_user_binds_fail_over_too(make_directory, didmos_slapd, didmos_overrides
     admin = "didmosUUID=00000000-0000-0000-0000-000000000002,ou=people,ou=data,ou=default-tenant,dc=didmos,dc=de"
     assert directory.bind(admin, SUPERADMIN_PASSWORD).dn == admin
     assert directory.auth_pool._preferred == 1
+
+
+def test_entry_matches_attribute_names_in_any_spelling_and_absent_ones_quickly():
+    from didmos_ldap.directory import Entry
+
+    entry = Entry("uid=a,dc=x", {"cn": [b"A"], "mailAlternateAddress": [b"a@x"], "objectClass": [b"top"]})
+    assert entry.get("cn") == [b"A"] and entry.get("CN") == [b"A"]
+    assert entry.get("title") is None and "title" not in entry  # a miss builds the lower-cased index once
+    folded = entry._folded
+    assert entry.first("MAILALTERNATEADDRESS") == "a@x" and entry.values("objectclass") == ["top"]
+    assert entry.get("telephoneNumber") is None and entry.raw("Title") == []
+    assert entry._folded is folded  # built once, used for every later miss
+    entry.attrs["Title"] = [b"Boss"]  # names added after all the same: the index follows
+    assert entry.first("title") == "Boss" and entry.get("cN") == [b"A"]

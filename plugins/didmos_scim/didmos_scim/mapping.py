@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -61,7 +62,7 @@ class Attribute:
         wanted = name.lower()
         return next((a for a in self.sub_attributes if a.name.lower() == wanted), None)
 
-    @property
+    @cached_property  # frozen: computed once (conversions ask for it for every attribute of every row)
     def ldap_attributes(self) -> tuple[str, ...]:
         """Every LDAP attribute this attribute (with its sub-attributes) reads and writes."""
         found = [self.ldap] if self.ldap else []
@@ -186,6 +187,10 @@ class Mapping:
 
     def ldap_attributes(self) -> tuple[str, ...]:
         """Every LDAP attribute the mapping reads (the attribute list of its searches)."""
+        return self._ldap_attributes
+
+    @cached_property  # frozen: computed once
+    def _ldap_attributes(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(a for _, attribute in self.attributes() for a in attribute.ldap_attributes))
 
     def with_attribute(self, schema_id: str, attribute: Attribute) -> Mapping:

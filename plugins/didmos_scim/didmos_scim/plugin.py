@@ -31,6 +31,13 @@ def didmos_attribute_mapping(resource_type):
 
 
 @hookimpl(trylast=True)
+def didmos_doctor_checks(host):
+    from didmos_scim.doctor import doctor_checks
+
+    return doctor_checks(host)
+
+
+@hookimpl(trylast=True)
 def didmos_user_name(resource_type, attributes, attempt):
     """``user`` + three digits + a letter, as ``user167i`` in the seeds (about 23,000 names)."""
     import secrets
@@ -85,3 +92,11 @@ def didmos_handle_exception(error, request):
     response = flask.make_response(flask.json.dumps(body), status)
     response.headers["Content-Type"] = "application/scim+json"
     return add_error_headers(response, error)
+
+
+@hookimpl(trylast=True)
+def didmos_cli_commands():
+    """``didmos import`` and ``didmos export`` (docs/import-export.md)."""
+    from didmos_scim.transfer_cli import export_command, import_command
+
+    return [import_command, export_command]

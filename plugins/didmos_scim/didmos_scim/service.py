@@ -8,16 +8,20 @@ the attributes the actor may read.
 from __future__ import annotations
 
 import base64
+import random
 import re
+import time
+import unicodedata
 import uuid
 from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ldap
 import ldap.dn
 
-from didmos_host.errors import AlreadyExists, DidmosError, Forbidden, NotFound, PreconditionFailed
+from didmos_host.errors import AlreadyExists, DidmosError, Forbidden, NotFound, PreconditionFailed, Unavailable
 from didmos_host.records import Action, Actor, ResourceType
 from didmos_ldap.directory import VERSION_ATTRIBUTES, location, normalize_dn
 from didmos_ldap.filters import all_of, any_of, eq
@@ -32,6 +36,10 @@ GROUP_CLASSES = {"didmosgroup", "groupofnames", "groupofuniquenames"}
 PDP_OPERATIONS = {ldap.MOD_ADD: "modify-add", ldap.MOD_DELETE: "modify-del", ldap.MOD_REPLACE: "modify-replace"}
 #: How often a generated userName is tried again when it is taken.
 USER_NAME_ATTEMPTS = 10
+#: How often an add whose userName another add took at the same moment is tried again.
+UNIQUE_ATTEMPTS = 5
+#: userNames per search of :meth:`ScimService.confirm_unique`.
+UNIQUE_BATCH = 100
 
 #: Default order of a list: entryUUID has an ordering rule, so paging is stable without a sortBy.
 DEFAULT_SORT = "entryUUID:uuidOrderingMatch"
@@ -45,6 +53,17 @@ class ScimError(DidmosError):
     def __init__(self, message: str, *, status: int, scim_type: str | None = None):
         super().__init__(message, status=status)
         self.scim_type = scim_type
+
+
+@dataclass(frozen=True)
+class Created:
+    """What :meth:`ScimService.add` created: the resource's id and DN, and for a type with a
+    userName its LDAP attribute and value (what :meth:`ScimService.confirm_unique` checks)."""
+
+    id: str
+    dn: str
+    unique_attr: str | None = None
+    unique_value: str | None = None
 
 
 @dataclass
@@ -71,6 +90,31 @@ class ScimService:
     @property
     def pdp(self):
         return self.host.service("pdp")
+
+    @property
+    def _veto_caller(self):
+        """The ``didmos_authorize`` hook without the votes this service has already applied, or None
+        when no other plugin votes: what customer plugins' votes say about a SCIM request.
+
+        Left out: the PDP's vote (this service asks the PDP itself, for the attributes too) and
+        didmos_auth's scope vote (enforced where every write passes, the LDAP pre-operation hook,
+        with its RFC 6750 ``insufficient_scope`` answer)."""
+        try:
+            return self.__dict__["_vetoes"]
+        except KeyError:
+            pass
+        pm = self.host.pm
+        pdp_plugins = [impl.plugin for impl in pm.hook.didmos_authorize.get_hookimpls()
+                       if impl.function.__module__.split(".")[0] in ("didmos_pdp", "didmos_auth")]
+        others = [impl for impl in pm.hook.didmos_authorize.get_hookimpls() if impl.plugin not in pdp_plugins]
+        caller = pm.subset_hook_caller("didmos_authorize", remove_plugins=pdp_plugins) if others else None
+        self.__dict__["_vetoes"] = caller
+        return caller
+
+    def _vetoed(self, actor: Actor, action: Action) -> bool:
+        """True when a plugin's ``didmos_authorize`` votes False: deny wins, as in ``Host.authorize``."""
+        caller = self._veto_caller
+        return caller is not None and any(vote is False for vote in caller(host=self.host, actor=actor, action=action))
 
     def resource_type(self, name: str) -> ResourceType:
         try:
@@ -106,7 +150,7 @@ class ScimService:
             raise NotFound(f"no {type_name} with id {resource_id!r}")
         subject = self.pdp.subject(actor)
         decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
-        if not decision:
+        if not decision or self._vetoed(actor, Action("read", type_name, entry.dn)):
             raise Forbidden(f"not allowed to read {type_name} {resource_id}")
         resource = self._render([entry], resource_type, mapping, base_url, names)[0]
         return self._readable(resource, mapping, decision.attributes), entry
@@ -135,7 +179,7 @@ class ScimService:
             condition = condition & readable
         if cursor is not None:
             return self._cursor_page(resource_type, mapping, condition, subject, cursor, count, base_url,
-                                     sort_by, with_entries, names)
+                                     sort_by, with_entries, names, actor=actor)
         sort = self._sort_key(mapping, sort_by, sort_order)
         start_index = max(start_index, 1)
         if count <= 0:
@@ -145,22 +189,26 @@ class ScimService:
             return Page([], total, start_index)
         entries, total = self.directory.window(self.host.settings.ldap.base_dn, condition, [sort],
                                                offset=start_index, count=count, attrs=self._attributes(mapping))
-        shown = self._shown(entries, resource_type, mapping, subject, base_url, names)
+        shown = self._shown(entries, resource_type, mapping, subject, base_url, names, actor=actor)
         return Page(shown, total, start_index, entries if with_entries else [])
 
     def _shown(self, entries, resource_type: ResourceType, mapping: Mapping, subject, base_url: str,
-               names: bool = True) -> list[dict]:
+               names: bool = True, *, actor: Actor | None = None) -> list[dict]:
         resources = self._render(entries, resource_type, mapping, base_url, names)
         policy = self.pdp.policy()
         roles = policy.default_active_roles(subject.assigned)
+        vetoes = actor is not None and self._veto_caller is not None
         shown = []
         for entry, resource in zip(entries, resources):
+            if vetoes and self._vetoed(actor, Action("read", resource_type.name, entry.dn)):
+                continue  # a plugin's vote took it away (totalResults still counts it)
             decision = policy.check_access(roles, "read", resource_type.name, entry.dn, subject.context)
             shown.append(self._readable(resource, mapping, decision.attributes))
         return shown
 
     def _cursor_page(self, resource_type, mapping, condition, subject, cursor: str, count: int, base_url: str,
-                     sort_by: str | None, with_entries: bool, names: bool = True) -> Page:
+                     sort_by: str | None, with_entries: bool, names: bool = True, *,
+                     actor: Actor | None = None) -> Page:
         if sort_by:
             raise ScimError("cursor pages are in id order; leave out sortBy, or page with startIndex",
                             status=400, scim_type="invalidValue")
@@ -181,7 +229,7 @@ class ScimService:
         more = len(entries) > count
         entries = entries[:count]
         next_cursor = encode_cursor(entries[-1].first("entryUUID")) if more and entries else None
-        shown = self._shown(entries, resource_type, mapping, subject, base_url, names)
+        shown = self._shown(entries, resource_type, mapping, subject, base_url, names, actor=actor)
         return Page(shown, total, position, entries if with_entries else [], next_cursor)
 
     def _sort_key(self, mapping: Mapping, sort_by: str | None, sort_order: str) -> str:
@@ -335,15 +383,43 @@ class ScimService:
         return self._attributes(mapping)
 
     def create(self, type_name: str, body: Any, actor: Actor, *, base_url: str, strict: bool = True,
-               parent: str | None = None, names: bool = True) -> tuple[dict, Any]:
+               parent: str | None = None, names: bool = True, subject=None) -> tuple[dict, Any]:
         """Create a resource (RFC 7644 3.3) under ``parent`` (default: the type's configured base).
 
         A User without ``userName`` gets one from the ``didmos_user_name`` hook; ``displayName`` and
         ``name.formatted`` are derived from the name when absent. One LDAP add, which returns the entry
-        as stored (Post-Read control).
+        as stored (Post-Read control). ``subject``: the actor's PDP subject when the caller holds it
+        (otherwise the actor's roles are read now).
         """
         resource_type = self.resource_type(type_name)
         mapping = self.mapping(resource_type)
+        _, entry, subject = self._create(resource_type, mapping, body, actor, subject, strict=strict,
+                                         parent=parent, read_back=True, verify_unique=True)
+        resource = self._render([entry], resource_type, mapping, base_url, names)[0]
+        decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
+        return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
+
+    def add(self, type_name: str, body: Any, actor: Actor, *, subject=None, strict: bool = True,
+            parent: str | None = None, verify_unique: bool = True) -> Created:
+        """Create a resource as :meth:`create` does (the same conversion, defaults, PDP decision,
+        interceptors and one LDAP add) for a caller that does not answer with it (``didmos import``):
+        no Post-Read control, nothing rendered, no read decision.
+
+        ``verify_unique=False`` leaves the uniqueness check after the add (:meth:`_add_unique`) to the
+        caller, which must pass the result to :meth:`confirm_unique` (many at once: one search) before
+        it counts the resource as created: until then another entry may hold the same userName.
+        """
+        resource_type = self.resource_type(type_name)
+        mapping = self.mapping(resource_type)
+        created, _, _ = self._create(resource_type, mapping, body, actor, subject, strict=strict, parent=parent,
+                                     read_back=False, verify_unique=verify_unique)
+        return created
+
+    def _create(self, resource_type: ResourceType, mapping: Mapping, body: Any, actor: Actor, subject, *,
+                strict: bool, parent: str | None, read_back: bool, verify_unique: bool):
+        """The add of :meth:`create` and :meth:`add`: (what was created, the entry read back or None,
+        the subject the PDP decided with)."""
+        type_name = resource_type.name
         if not isinstance(body, MappingABC):
             raise InvalidSyntax("the request body must be a JSON object (the resource)")
         if not strict:
@@ -357,7 +433,8 @@ class ScimService:
         parent = self._parent(resource_type, parent)
         resource_id = str(uuid.uuid4())
         dn = f"didmosUUID={resource_id},{parent}"
-        subject = self.pdp.subject(actor)
+        if subject is None:
+            subject = self.pdp.subject(actor)
         self._authorize(actor, subject, "create", resource_type, dn, resource_id, attrs)
         for attr, values in self.pdp.new_entry_attributes(type_name).items():
             attrs[attr] = list(dict.fromkeys([*attrs.get(attr, []), *values]))
@@ -371,16 +448,133 @@ class ScimService:
                 attrs[user_name.ldap] = [self._user_name(resource_type, attrs, attempt)]
                 self._derive(mapping, attrs)
             try:
-                entry = self.directory.add(dn, attrs, actor=actor, read_back=self._read_back(mapping))
+                entry = self._add_unique(dn, attrs, actor, mapping, user_name, read_back=read_back,
+                                         verify=verify_unique)
                 break
             except AlreadyExists as exc:
                 if not generate or "unique" not in exc.message:
                     raise self._taken(exc, mapping, attrs) from None
         else:
             raise AlreadyExists(f"no free userName after {USER_NAME_ATTEMPTS} generated names")
-        resource = self._render([entry], resource_type, mapping, base_url, names)[0]
-        decision = self.pdp.decide(actor, Action("read", type_name, entry.dn), subject)
-        return self._readable(resource, mapping, decision.attributes if decision else frozenset()), entry
+        unique_attr = user_name.ldap if user_name is not None and user_name.ldap in attrs else None
+        created = Created(resource_id, dn, unique_attr, str(attrs[unique_attr][0]) if unique_attr else None)
+        return created, entry, subject
+
+    def _add_unique(self, dn: str, attrs: dict, actor: Actor, mapping: Mapping, user_name: Attribute | None, *,
+                    read_back: bool = True, verify: bool = True):
+        """One LDAP add; for an entry with a userName, also make sure no other entry got it meanwhile.
+
+        slapo-unique looks for the uid with a search before the add, outside the add's transaction, so
+        two adds of one uid at the same moment can both pass it (tests/test_concurrency.py saw two
+        users of one userName). So the new entry looks for others with its uid after the add: when there
+        are some, it deletes itself and the add counts as refused; of two such entries each sees the
+        other, so at most one stays. When the others are gone as well (they did the same at the same
+        moment), it tries again after a random pause, where slapo-unique sees whoever came first.
+
+        Without ``verify`` the look after the add is the caller's (:meth:`confirm_unique`); without
+        ``read_back`` the add sends no Post-Read control and None is returned.
+        """
+        read_back = self._read_back(mapping) if read_back else None
+        uid = user_name.ldap if user_name is not None and user_name.ldap and user_name.ldap in attrs else None
+        for _ in range(UNIQUE_ATTEMPTS):
+            entry = self.directory.add(dn, attrs, actor=actor, read_back=read_back)
+            if uid is None or not verify or not self._others_with(uid, attrs[uid][0], dn):
+                return entry
+            self.directory.delete(dn, actor=actor)
+            time.sleep(random.uniform(0.005, 0.05))
+            if self._others_with(uid, attrs[uid][0], dn):
+                break
+        raise AlreadyExists(f"{uid} {attrs[uid][0]!r} is not unique: another entry was added with it at the "
+                            "same time")
+
+    def _modify_unique(self, entry, modlist, actor: Actor, mapping: Mapping, if_match: str | None):
+        """One LDAP modify; when it gives the entry a new userName, also make sure no other entry got the
+        same one meanwhile (slapo-unique's race, as in :meth:`_add_unique`): when one did, the userName is
+        set back and the change is refused with 409, or, without If-Match, tried again after a random
+        pause once the others have gone."""
+        user_name = mapping.core.attribute("userName")
+        uid = user_name.ldap if user_name is not None and user_name.ldap else None
+        new = next((values[0] for op, attr, values in reversed(modlist)
+                    if uid and attr.lower() == uid.lower() and op in (ldap.MOD_ADD, ldap.MOD_REPLACE) and values),
+                   None)
+        new = new.decode() if isinstance(new, bytes) else new
+        old = entry.values(uid) if uid else []
+        for _ in range(UNIQUE_ATTEMPTS):
+            changed = self.directory.modify(entry.dn, modlist, actor=actor, if_match=self.assertion(if_match),
+                                            permissive=True, read_back=self._read_back(mapping))
+            if new is None or not self._others_with(uid, new, entry.dn):
+                return changed
+            self.directory.modify(entry.dn, [(ldap.MOD_REPLACE, uid, old or None)], actor=actor)
+            time.sleep(random.uniform(0.005, 0.05))
+            if if_match is not None or self._others_with(uid, new, entry.dn):
+                break  # (after setting it back, an If-Match names a version that is gone)
+        raise AlreadyExists(f"userName {new!r} is taken", detail={"attribute": "userName"})
+
+    def _others_with(self, attr: str, value: Any, dn: str) -> bool:
+        """Whether an entry other than ``dn`` has ``attr`` ``value`` anywhere in the directory."""
+        found = self.directory.search(self.host.settings.directory.suffix, eq(attr, value), attrs=["1.1"])
+        return any(normalize_dn(entry.dn) != normalize_dn(dn) for entry in found)
+
+    def confirm_unique(self, created: Sequence[Created], actor: Actor) -> dict[str, Any]:
+        """The look after the add of :meth:`_add_unique` for many adds made with ``verify_unique=False``,
+        in one search per :data:`UNIQUE_BATCH` userNames, with the same rule: an entry that sees another
+        entry with its userName deletes itself, and after a random pause looks again.
+
+        Every search runs after every add it checks, so of two adds of one userName at least one sees the
+        other, whether it was checked alone or in a batch: at most one stays. Returns, per DN: ``"kept"``;
+        ``"retry"`` (deleted, and the others deleted themselves too: add it again); or the error that
+        refuses the add (deleted, another entry holds the userName: :class:`AlreadyExists`).
+        """
+        checked = [c for c in created if c.unique_attr and c.unique_value]
+        verdicts: dict[str, Any] = {c.dn: "kept" for c in created}
+        crowded = self._crowded(checked)
+        losers = []
+        for loser in (c for c in checked if c.dn in crowded):
+            try:
+                self.directory.delete(loser.dn, actor=actor)
+                losers.append(loser)
+            except Unavailable:
+                raise
+            except DidmosError as exc:  # refused (an interceptor): the add fails with that, as in _add_unique
+                verdicts[loser.dn] = exc
+        if losers:
+            time.sleep(random.uniform(0.005, 0.05))
+            still = self._crowded(losers)
+            for loser in losers:
+                verdicts[loser.dn] = AlreadyExists(
+                    f"userName {loser.unique_value!r} is taken: another entry was added with it at the same time",
+                    detail={"attribute": "userName"}) if loser.dn in still else "retry"
+        return verdicts
+
+    def _crowded(self, items: Sequence[Created]) -> set[str]:
+        """The DNs of ``items`` whose unique value an entry other than their own also holds."""
+        crowded: set[str] = set()
+        suffix = self.host.settings.directory.suffix
+        for start in range(0, len(items), UNIQUE_BATCH):
+            part = items[start:start + UNIQUE_BATCH]
+            attrs = sorted({c.unique_attr for c in part})
+            keys = {(c.unique_attr.lower(), _folded(c.unique_value)) for c in part}
+            holders: dict[tuple[str, str], set[str]] = {}
+            unexplained = False
+            for entry in self.directory.search(suffix, any_of(*(eq(c.unique_attr, c.unique_value) for c in part)),
+                                               attrs=attrs):
+                matched = False
+                for attr in attrs:
+                    for value in entry.values(attr):
+                        key = (attr.lower(), _folded(value))
+                        if key in keys:
+                            holders.setdefault(key, set()).add(normalize_dn(entry.dn))
+                            matched = True
+                unexplained = unexplained or not matched
+            for c in part:
+                if unexplained:  # slapd matched a value by a rule _folded does not know: ask for each alone
+                    others = self._others_with(c.unique_attr, c.unique_value, c.dn)
+                else:
+                    others = bool(holders.get((c.unique_attr.lower(), _folded(c.unique_value)), set())
+                                  - {normalize_dn(c.dn)})
+                if others:
+                    crowded.add(c.dn)
+        return crowded
 
     def _taken(self, exc: AlreadyExists, mapping: Mapping, attrs: dict) -> AlreadyExists:
         user_name = mapping.core.attribute("userName")
@@ -438,7 +632,10 @@ class ScimService:
 
     def _authorize(self, actor: Actor, subject, operation: str, resource_type: ResourceType, dn: str,
                    resource_id: str, attrs) -> None:
-        """The PDP's decision on ``operation`` over the LDAP attributes ``attrs``: 403 naming what is denied."""
+        """The PDP's decision on ``operation`` over the LDAP attributes ``attrs``: 403 naming what is denied.
+        A plugin's ``didmos_authorize`` vote of False denies it whatever the PDP says."""
+        if self._vetoed(actor, Action(operation, resource_type.name, dn)):
+            raise Forbidden(f"not allowed to {operation} {resource_type.name} {resource_id}")
         decision = self.pdp.decide(actor, Action(operation, resource_type.name, dn), subject)
         granted, allowed = bool(decision), (decision.attributes if decision else frozenset())
         if operation.startswith("modify-"):
@@ -509,8 +706,7 @@ class ScimService:
             missing = [oc for oc in mapping.auxiliary_classes if oc.lower() not in have]
             if missing:  # an entry made outside didmos: its SCIM attributes need the class
                 modlist = [(ldap.MOD_ADD, "objectClass", missing), *modlist]
-            entry = self.directory.modify(entry.dn, modlist, actor=actor, if_match=self.assertion(if_match),
-                                          permissive=True, read_back=self._read_back(mapping))
+            entry = self._modify_unique(entry, modlist, actor, mapping, if_match)
         else:
             # nothing to change, but the caller must still be one who may change this entry
             allowed = self.pdp.operations(actor, resource_type.name, entry.dn, subject)
@@ -606,6 +802,12 @@ class ScimService:
         subject = self.pdp.subject(actor)
         self._authorize(actor, subject, "delete", resource_type, entry.dn, resource_id, ())
         self.directory.delete(entry.dn, actor=actor, if_match=self.assertion(if_match))
+
+
+def _folded(value: str) -> str:
+    """A value as caseIgnoreMatch compares it, near enough (its insignificant spaces, case and
+    compatibility forms); :meth:`ScimService._crowded` asks slapd itself when it is not."""
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
 
 
 def mapping_has(mapping: Mapping, ldap_attr: str) -> bool:
