@@ -2,8 +2,9 @@
 check that nothing acknowledged was lost.
 
 The setup is the scale-out one of docs/deployment.md on loopback: two slapd providers replicating each
-other (multi-provider, delta-syncrepl), one redis (append-only file), two ``didmos serve`` nodes (node
-``i`` writes to provider ``i`` first and fails over to the other) and one ``didmos worker``. Clients
+other (multi-provider syncrepl), one redis (append-only file), two ``didmos serve`` nodes (both
+write to provider 1 first and fail over to provider 2; ``--writes own``: node ``i`` writes to provider
+``i`` first, so both providers take writes at once) and one ``didmos worker``. Clients
 are threads with one keep-alive HTTP connection each; a client sticks to its home node and, when that
 node does not answer at all (connection refused or reset), sends the request to the other node, as a
 load balancer would.
@@ -462,6 +463,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per node (default 1)")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker (default 8)")
     parser.add_argument("--no-faults", action="store_true", help="the steady phase only")
+    parser.add_argument("--writes", choices=("one", "own"), default="one",
+                        help="one: every node writes to provider 1 first (the other on failover); own: node i "
+                             "writes to provider i first, so both providers take writes at once (default one)")
     args = parser.parse_args()
 
     import base64
@@ -485,7 +489,8 @@ def main() -> int:
         try:
             with running_providers(root / "ldap", 2) as providers:
                 common = {"redis": {"url": redis_server.url}, "tasks": {"dispatch_seconds": 2.0}}
-                overrides = [{**providers_overrides(providers, node), **common} for node in range(2)]
+                overrides = [{**providers_overrides(providers, node if args.writes == "own" else 0), **common}
+                             for node in range(2)]
                 for node in range(2):
                     (root / f"node{node + 1}").mkdir()
                 stack = Stack(root, providers, redis_server, overrides, args.workers, args.threads)

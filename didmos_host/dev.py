@@ -24,7 +24,7 @@ import click
 from didmos_host.directory import init_directory
 from didmos_host.errors import DidmosError
 from didmos_host.host import Host
-from didmos_host.servers import RedisServer, ServerError, SlapdServer, free_port, stop_process
+from didmos_host.servers import RedisServer, ServerError, SlapdServer, free_port, replicate, stop_process
 
 STATE_FILE = "dev-state.json"
 SETTINGS_FILE = "settings.toml"
@@ -51,13 +51,13 @@ def _lock_data_dir(data_dir: Path):
     return handle
 
 
-def _load_state(data_dir: Path) -> dict:
+def _load_state(data_dir: Path, providers: int = 1) -> dict:
     """Secrets and ports chosen on the first run; kept so a restart finds its servers' data."""
     path = data_dir / STATE_FILE
     state = json.loads(path.read_text()) if path.exists() else {}
     state.setdefault("rootpw", secrets.token_urlsafe(24))
     state.setdefault("service_password", secrets.token_urlsafe(24))
-    for key in ("ldap_port", "redis_port"):
+    for key in ("ldap_port", "redis_port", *(f"ldap_port{n}" for n in range(2, providers + 1))):
         if not state.get(key) or not _port_free(state[key]):
             state[key] = free_port()
     path.write_text(json.dumps(state, indent=2))
@@ -98,15 +98,25 @@ def _api_prefixes(base: str) -> list[str]:
     return sorted({"/" + path.strip("/").split("/")[0] for path in paths})
 
 
-def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
-    """Run the stack until SIGINT/SIGTERM; returns the exit status."""
+def run_dev(*, data_dir: str, port: int, admin_password: str | None, providers: int = 1) -> int:
+    """Run the stack until SIGINT/SIGTERM; returns the exit status.
+
+    With ``providers`` > 1: that many slapd replicating each other (multi-provider syncrepl),
+    and per provider one API process (ports ``port``, ``port + 1``, ...) and one worker, each node
+    writing to its own provider first and failing over to the others.
+    """
     data = Path(data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
-    if not _port_free(port):
-        raise DidmosError(f"port {port} on 127.0.0.1 is in use; choose another with --port")
+    api_ports = [port + n for n in range(providers)]
+    for api_port in api_ports:
+        if not _port_free(api_port):
+            raise DidmosError(f"port {api_port} on 127.0.0.1 is in use; choose another with --port")
     lock = _lock_data_dir(data)  # noqa: F841 (held until this process exits)
-    state = _load_state(data)
-    slapd = SlapdServer(data / "slapd", port=state["ldap_port"], rootpw=state["rootpw"])
+    state = _load_state(data, providers)
+    slapds = [SlapdServer(data / "slapd", port=state["ldap_port"], rootpw=state["rootpw"])]
+    slapds += [SlapdServer(data / f"slapd{n}", port=state[f"ldap_port{n}"], rootpw=state["rootpw"])
+               for n in range(2, providers + 1)]
+    slapd = slapds[0]
     redis_server = RedisServer(data / "redis", port=state["redis_port"], persistence=True)
     children: list[subprocess.Popen] = []
     stopping = False
@@ -119,11 +129,14 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         click.echo(f"didmos dev: data in {data}")
-        slapd.start()
+        for server in slapds:
+            server.start()
         redis_server.start()
         settings_path = _write_settings(data, {
             "api": {"host": "127.0.0.1", "port": port, "workers": 1},
-            "directory": {"uri": slapd.uri, "config_uri": slapd.ldapi_uri,
+            "log": {"format": "text"},  # a terminal, not a log collector
+            "directory": {"uri": " ".join(s.uri for s in slapds),
+                          "config_uri": " ".join(s.ldapi_uri for s in slapds),
                           "bind_password": state["service_password"]},
             "redis": {"url": redis_server.url},
         })
@@ -133,7 +146,11 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
         os.environ["DIDMOS_SETTINGS_FILES"] = ":".join(filter(None, [str(settings_path), user_files]))
         env = dict(os.environ)
         host = Host.create({"directory": {"superadmin_password": admin_password or ""}})
-        report = init_directory(host)
+        # cn=config is not replicated: with several providers every migration goes to each of them
+        # (again, harmlessly, where it is there: a provider added to an existing --data-dir has none).
+        report = init_directory(host, reapply=providers > 1)
+        if providers > 1:
+            replicate(slapds)
         if report.migrations_applied:
             click.echo(f"  directory migrations applied: {', '.join(report.migrations_applied)}")
         click.echo(f"  directory entries created: {len(report.entries_created)}")
@@ -144,14 +161,30 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
 
         cli = [sys.executable, "-m", "didmos_host.cli"]
         # Own sessions, as for the servers: we stop them in order, API and worker before redis and slapd.
-        api = subprocess.Popen([*cli, "serve", "--port", str(port)], env=env, start_new_session=True)
-        children.append(api)
-        children.append(subprocess.Popen([*cli, "worker"], env=env, start_new_session=True))
+        # Every node lists the providers in the same order: all write to provider 1 while it answers,
+        # fail over to the next, and fail back (ldap.failback_seconds); two providers taking writes to
+        # one entry at once can lose one of them (docs/deployment.md).
+        apis = []
+        for api_port in api_ports:
+            apis.append(subprocess.Popen([*cli, "serve", "--port", str(api_port)], env=env, start_new_session=True))
+            children.append(apis[-1])
+            children.append(subprocess.Popen([*cli, "worker"], env=env, start_new_session=True))
         base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/healthz", api)
-        click.echo(f"  LDAP        {slapd.uri}  (ldapi: {slapd.ldapi_uri})")
+        for api, api_port in zip(apis, api_ports):
+            _wait_http(f"http://127.0.0.1:{api_port}/healthz", api)
+        for node, server in enumerate(slapds):
+            label = "LDAP" if providers == 1 else f"LDAP {node + 1}"
+            click.echo(f"  {label:<11} {server.uri}  (ldapi: {server.ldapi_uri})")
+        if providers > 1:
+            click.echo(f"              {providers} providers replicating each other (multi-provider syncrepl); "
+                       "the APIs write to LDAP 1 while it answers")
         click.echo(f"  redis       {redis_server.url}")
         click.echo(f"  API         {base}/   OpenAPI document: {base}/openapi.json")
+        docs_path = host.settings.get("api.docs_path")
+        if docs_path:
+            click.echo(f"              {base}{docs_path}   (interactive API documentation)")
+        for node, api_port in enumerate(api_ports[1:], start=2):
+            click.echo(f"  API {node}       http://127.0.0.1:{api_port}/")
         for prefix in _api_prefixes(base):
             click.echo(f"              {base}{prefix}")
         if "basic_auth" in host.services:
@@ -175,5 +208,6 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None) -> int:
         for child in reversed(children):
             stop_process(child)
         redis_server.stop()
-        slapd.stop()
+        for server in reversed(slapds):
+            server.stop()
         click.echo("didmos dev: stopped")

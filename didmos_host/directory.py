@@ -44,14 +44,22 @@ class InitReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def connect_admin(settings: Any) -> ldap.ldapobject.LDAPObject:
+def config_uris(settings: Any) -> list[str]:
+    """The URIs whose cn=config didmos administers: every URI of ``directory.config_uri`` (one per
+    provider when several replicate each other: cn=config is not replicated), else the first of
+    ``directory.uri``."""
+    cfg = settings.directory
+    return cfg.config_uri.split() or cfg.uri.split()[:1]
+
+
+def connect_admin(settings: Any, uri: str | None = None) -> ldap.ldapobject.LDAPObject:
     """A connection allowed to change cn=config and to write the suffix.
 
-    ``directory.config_uri`` (``ldapi://`` -> SASL EXTERNAL) or else ``directory.uri`` bound as
-    ``directory.config_bind_dn``.
+    ``uri`` or the first of :func:`config_uris` (``ldapi://`` -> SASL EXTERNAL; ``ldap://`` bound as
+    ``directory.config_bind_dn``).
     """
     cfg = settings.directory
-    uri = cfg.config_uri or cfg.uri
+    uri = uri or config_uris(settings)[0]
     conn = ldap.initialize(uri)
     conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
     conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 10)
@@ -145,6 +153,9 @@ def apply_migration(conn, migration: SchemaMigration, suffix_db: str, settings: 
     for kind, dn, payload in parse_ldif(text):
         try:
             if kind == "add":
+                if _config_entry_exists(conn, dn, payload):
+                    log.info("migration %s: %s is there already", migration.name, dn)
+                    continue
                 conn.add_s(dn, list(payload.items()))
             else:
                 _modify_tolerantly(conn, dn, payload)
@@ -155,10 +166,81 @@ def apply_migration(conn, migration: SchemaMigration, suffix_db: str, settings: 
             raise ConfigError(f"migration {migration.name} failed on {dn}: {_describe(exc)}") from exc
 
 
+_ORDER_PREFIX = re.compile(rb"^\{\d+\}")
+
+
+def _unordered(value: bytes) -> bytes:
+    """A cn=config value without its ``{N}`` ordering prefix."""
+    return _ORDER_PREFIX.sub(b"", value)
+
+
+def _config_entry_exists(conn, dn: str, payload: dict[str, list[bytes]]) -> bool:
+    """True when a sibling of ``dn`` already holds what ``payload`` adds, ``{N}`` prefixes aside.
+
+    slapd numbers schema and overlay entries, so adding ``olcOverlay=memberof`` twice makes a second
+    instance instead of failing; a migration applied again (``--reapply-schema``, a new provider) must
+    recognise its own entry.
+    """
+    rdn, *parent = ldap.dn.str2dn(dn)
+    (rdn_attr, rdn_value, _), = rdn
+    parent_dn = ldap.dn.dn2str(parent)
+    try:
+        siblings = conn.search_s(parent_dn, ldap.SCOPE_ONELEVEL, f"({rdn_attr}=*)", list(payload))
+    except ldap.NO_SUCH_OBJECT:
+        return False
+    wanted = {name.lower(): {_unordered(v) for v in values} for name, values in payload.items()}
+    name = _unordered(rdn_value.encode())
+    for _, attrs in siblings:
+        have = {key.lower(): {_unordered(v) for v in values} for key, values in attrs.items()}
+        if name not in have.get(rdn_attr.lower(), set()):
+            continue
+        if all(have.get(key, set()) >= values for key, values in wanted.items() if key != "objectclass"):
+            return True
+    return False
+
+
+def _indexed(conn, dn: str) -> dict[str, set[str]]:
+    """The database's ``olcDbIndex`` as attribute (lower case) -> index types."""
+    found = conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["olcDbIndex"])
+    indexed: dict[str, set[str]] = {}
+    for value in found[0][1].get("olcDbIndex", []) if found else []:
+        names, _, kinds = _unordered(value).decode().strip().partition(" ")
+        for name in names.split(","):
+            indexed.setdefault(name.strip().lower(), set()).update(k.strip() for k in kinds.split(",") if k.strip())
+    return indexed
+
+
+def _add_indexes_one_by_one(conn, dn: str, values: list[bytes]) -> None:
+    """Add ``olcDbIndex`` values attribute by attribute, skipping attributes the database indexes
+    already (slapd refuses a second definition for an attribute: "duplicate index definition")."""
+    indexed = _indexed(conn, dn)
+    for value in values:
+        names, _, kinds = value.decode().strip().partition(" ")
+        wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+        for name in (n.strip() for n in names.split(",")):
+            have = indexed.get(name.lower())
+            if have is None:
+                conn.modify_s(dn, [(ldap.MOD_ADD, "olcDbIndex", [f"{name} {kinds.strip()}".encode()])])
+                indexed[name.lower()] = wanted
+            elif not wanted <= have:
+                log.warning("%s: %s is indexed %s, not %s as a migration asks; left as it is",
+                            dn, name, ",".join(sorted(have)), ",".join(sorted(wanted)))
+
+
 def _modify_tolerantly(conn, dn: str, modlist) -> None:
-    """Apply a modify; when some added values exist already, add the others one by one."""
+    """Apply a modify; when some added values exist already, add the others one by one. Index
+    definitions for attributes that are indexed already (a directory indexed by hand) are skipped."""
     try:
         conn.modify_s(dn, modlist)
+    except ldap.OTHER as exc:
+        info = exc.args[0].get("info", "") if exc.args and isinstance(exc.args[0], dict) else ""
+        if "duplicate index definition" not in info:
+            raise
+        for op, attr, values in modlist:
+            if op == ldap.MOD_ADD and attr.lower() == "olcdbindex":
+                _add_indexes_one_by_one(conn, dn, values)
+            else:
+                _modify_tolerantly(conn, dn, [(op, attr, values)])
     except ldap.TYPE_OR_VALUE_EXISTS:
         for op, attr, values in modlist:
             for value in values or [None]:
@@ -228,8 +310,14 @@ def check_configuration(conn, suffix_db: str) -> list[str]:
     return warnings
 
 
-def init_directory(host: Host, conn=None) -> InitReport:
-    """Apply pending migrations, then add the declared entries that are missing."""
+def init_directory(host: Host, conn=None, *, reapply: bool = False) -> InitReport:
+    """Apply pending migrations, then add the declared entries that are missing.
+
+    A migration changes the cn=config of every URI in ``directory.config_uri`` (all providers of a
+    replicated directory) and is then recorded once, in the (replicated) suffix. ``reapply`` applies
+    every migration again, recorded or not, to every one of them: for a provider that joins later
+    (migrations tolerate what is already there).
+    """
     settings = host.settings
     generated = None
     if not settings.directory.superadmin_password:
@@ -248,18 +336,28 @@ def init_directory(host: Host, conn=None) -> InitReport:
         for _, entry in conn.search_s(records_dn, ldap.SCOPE_ONELEVEL, "(objectClass=applicationProcess)", ["cn"])
     }
     migrations = [m for results in host.hook.didmos_directory_migrations() for m in results or ()]
-    for migration in sorted(migrations, key=lambda m: (m.order, m.name)):
-        if migration.name in applied:
-            continue
-        apply_migration(conn, migration, suffix_db, settings)
-        stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime())
-        _ensure(
-            conn,
-            f"cn={ldap.dn.escape_dn_chars(migration.name)},{records_dn}",
-            {"objectClass": [b"applicationProcess"], "cn": [migration.name.encode()],
-             "description": [f"applied {stamp}".encode()]},
-        )
-        report.migrations_applied.append(migration.name)
+    others = [connect_admin(settings, uri) for uri in config_uris(settings)[1:]]
+    try:
+        other_dbs = [suffix_database(other, suffix) for other in others]
+        for migration in sorted(migrations, key=lambda m: (m.order, m.name)):
+            if migration.name in applied and not reapply:
+                continue
+            apply_migration(conn, migration, suffix_db, settings)
+            for other, other_db in zip(others, other_dbs):
+                apply_migration(other, migration, other_db, settings)
+            if migration.name in applied:
+                continue
+            stamp = time.strftime("%Y%m%d%H%M%SZ", time.gmtime())
+            _ensure(
+                conn,
+                f"cn={ldap.dn.escape_dn_chars(migration.name)},{records_dn}",
+                {"objectClass": [b"applicationProcess"], "cn": [migration.name.encode()],
+                 "description": [f"applied {stamp}".encode()]},
+            )
+            report.migrations_applied.append(migration.name)
+    finally:
+        for other in others:
+            other.unbind_s()
 
     entries: list[DirectoryEntry] = [e for results in host.hook.didmos_directory_entries(settings=settings)
                                      for e in results or ()]

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,6 +164,15 @@ class _ChildProcess:
         if self._proc is None:
             return
         stop_process(self._proc, timeout)
+        self._forget()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would, and wait for it to be gone (fault tests). Idempotent."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
         self._forget()
 
     def __enter__(self):
@@ -328,6 +338,71 @@ class SlapdServer(_ChildProcess):
         conn.simple_bind_s(self.rootdn, self.rootpw)
         return conn
 
+    def enable_replication(self, server_id: int, peers: Sequence[tuple[int, str]], *, delta: bool = False) -> None:
+        """Make this slapd one of several providers that replicate each other (multi-provider), live
+        over ldapi.
+
+        The consumers use plain syncrepl (whole entries), as the Admin Guide's N-Way Multi-Provider
+        example does. ``delta=True`` makes them follow the peers' ``cn=accesslog`` instead
+        (delta-syncrepl); on slapd 2.5.13 that lost writes here: a provider restarted after SIGKILL
+        answered its peer's refresh with "unwilling to perform" while it caught up itself, and the peer
+        never took the writes made on the restarted provider afterwards (docs/deployment.md).
+
+        ``server_id`` is this server's ``olcServerID`` (1-4095, unique among the providers); ``peers``
+        are the other providers as ``(server_id, ldap URI)``. Every provider must have the same
+        ``rootdn`` and ``rootpw``: each consumer binds to its peers as that DN. A consumer whose peer is
+        down retries every second, and one that has no usable point in the peer's log falls back to a
+        full refresh. Idempotent: a second call sets the same values.
+        """
+        if not 1 <= server_id <= 4095:
+            raise ServerError(f"server_id must be 1..4095, got {server_id}")
+        log_db, data_db = "olcDatabase={1}mdb,cn=config", "olcDatabase={2}mdb,cn=config"
+        changes = (' logbase="cn=accesslog" logfilter="(&(objectClass=auditWriteObject)(reqResult=0))" '
+                   'syncdata=accesslog') if delta else ""
+        consumers = [
+            (f'rid={peer_id:03d} provider={uri} bindmethod=simple binddn="{self.rootdn}" '
+             f'credentials={self.rootpw} searchbase="{self.suffix}"{changes} '
+             'schemachecking=on type=refreshAndPersist retry="1 +" network-timeout=2 timeout=3').encode()
+            for peer_id, uri in peers
+        ]
+        conn = self.config_connection()
+        try:
+            conn.modify_s("cn=config", [(ldap.MOD_REPLACE, "olcServerID", [str(server_id).encode()])])
+            # The peers' consumers read this server's change log as its rootdn (rootdn is per database,
+            # so cn=accesslog needs the read right and the limits spelt out).
+            conn.modify_s(log_db, [
+                (ldap.MOD_REPLACE, "olcAccess", [
+                    f'to * by dn.exact="{self.rootdn}" read by dn.exact="{self.service_dn}" read '
+                    f'by dn.exact="{self.peercred_dn}" manage by * none'.encode()]),
+                (ldap.MOD_REPLACE, "olcLimits", [f'dn.exact="{self.rootdn}" size=unlimited time=unlimited'.encode()]),
+            ])
+            if consumers:  # a provider of one (its consumers will be read-only replicas) has no peers
+                conn.modify_s(data_db, [(ldap.MOD_REPLACE, "olcSyncrepl", consumers),
+                                        (ldap.MOD_REPLACE, "olcMultiProvider", [b"TRUE"])])
+        except ldap.LDAPError as exc:
+            raise ServerError(f"could not configure replication on {self.uri}: {exc}") from exc
+        finally:
+            conn.unbind_s()
+
+    def enable_consumer(self, provider_uri: str, rid: int = 100) -> None:
+        """Make this slapd a read-only replica of ``provider_uri`` (delta-syncrepl, refreshAndPersist),
+        live over ldapi: writes sent to it are referred to the provider. The provider must have the
+        same ``rootdn`` and ``rootpw`` (the consumer binds as that DN) and read access for it on its
+        ``cn=accesslog`` (:meth:`enable_replication` gives it)."""
+        data_db = "olcDatabase={2}mdb,cn=config"
+        consumer = (f'rid={rid:03d} provider={provider_uri} bindmethod=simple binddn="{self.rootdn}" '
+                    f'credentials={self.rootpw} searchbase="{self.suffix}" logbase="cn=accesslog" '
+                    'logfilter="(&(objectClass=auditWriteObject)(reqResult=0))" syncdata=accesslog '
+                    'schemachecking=on type=refreshAndPersist retry="1 +" network-timeout=2 timeout=3')
+        conn = self.config_connection()
+        try:
+            conn.modify_s(data_db, [(ldap.MOD_REPLACE, "olcSyncrepl", [consumer.encode()]),
+                                    (ldap.MOD_REPLACE, "olcUpdateRef", [provider_uri.encode()])])
+        except ldap.LDAPError as exc:
+            raise ServerError(f"could not make {self.uri} a consumer of {provider_uri}: {exc}") from exc
+        finally:
+            conn.unbind_s()
+
     def _tls_config(self) -> dict[str, list[str]]:
         """cn=config attributes for the server certificate (empty without TLS)."""
         if self.tls_cert is None:
@@ -414,6 +489,40 @@ class SlapdServer(_ChildProcess):
         return out.getvalue()
 
 
+def replicate(providers: Sequence[SlapdServer]) -> None:
+    """Make ``providers`` (running, same rootdn and rootpw) replicate each other: provider ``i`` gets
+    server id ``i + 1`` and consumes from every other one (:meth:`SlapdServer.enable_replication`)."""
+    for index, server in enumerate(providers):
+        server.enable_replication(index + 1, [(other + 1, peer.uri) for other, peer in enumerate(providers)
+                                              if other != index])
+
+
+def wait_replicated(providers: Sequence[SlapdServer], dn: str, timeout: float = 30.0, *,
+                    present: bool = True) -> None:
+    """Wait until ``dn`` exists (or, with ``present=False``, is gone) on every provider; ServerError past
+    ``timeout`` naming the providers that lag."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lagging = []
+        for server in providers:
+            conn = server.admin_connection()
+            try:
+                conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+                found = True
+            except ldap.NO_SUCH_OBJECT:
+                found = False
+            finally:
+                conn.unbind_s()
+            if found != present:
+                lagging.append(server.uri)
+        if not lagging:
+            return
+        if time.monotonic() > deadline:
+            raise ServerError(f"{dn} is {'missing' if present else 'still there'} on {', '.join(lagging)} "
+                              f"after {timeout:.0f}s of replication")
+        time.sleep(0.05)
+
+
 def _bool(value: bool) -> str:
     return "TRUE" if value else "FALSE"
 
@@ -426,6 +535,17 @@ def _log_level() -> str:
     return "stats" if level.lower() in ("1", "true", "yes", "on") else level
 
 
+def _redis_answers(port: int) -> bool:
+    """True when a redis-server (or sentinel) on 127.0.0.1:``port`` answers PING."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 @dataclass(eq=False)
 class RedisServer(_ChildProcess):
     """A private redis-server on 127.0.0.1:port with its files (AOF, RDB, redis.log) in ``data_dir``."""
@@ -433,6 +553,8 @@ class RedisServer(_ChildProcess):
     data_dir: Path
     port: int
     persistence: bool = True
+    #: Further ``redis-server`` options, such as ``("--replicaof", "127.0.0.1", "6379")``.
+    options: tuple[str, ...] = ()
     _what = "redis-server"
 
     def __post_init__(self) -> None:
@@ -461,13 +583,71 @@ class RedisServer(_ChildProcess):
             argv += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
             argv += ["--appendonly", "no", "--save", ""]
+        self._spawn(argv + list(self.options), self.log_path, self._answers, timeout)
+
+    def _answers(self) -> bool:
+        return _redis_answers(self.port)
+
+
+@dataclass(eq=False)
+class RedisSentinelServer(_ChildProcess):
+    """A private Redis Sentinel on 127.0.0.1:port (``redis-server --sentinel``), monitoring the primary
+    at 127.0.0.1:``primary_port`` as ``service``; its config file (which sentinel rewrites) and log in
+    ``data_dir``. Small ``down_after_ms`` and ``failover_timeout_ms`` make failovers quick in tests."""
+
+    data_dir: Path
+    port: int
+    primary_port: int
+    service: str = "mymaster"
+    quorum: int = 2
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    _what = "redis sentinel"
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as in the setting ``redis.sentinels``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "sentinel.log"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config file (first start only) and start the sentinel; wait until it answers PING."""
+        if self.pid is not None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_port_free(self.port, "redis sentinel")
+        config = self.data_dir / "sentinel.conf"
+        if not config.exists():  # sentinel rewrites it with what it learnt (replicas, epochs, peers)
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {self.data_dir}\n"
+                f"logfile {self.log_path}\nsentinel resolve-hostnames no\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.service} 1\n")
+            config.chmod(0o600)
+        argv = [find_program("redis-server", "redis-server"), str(config), "--sentinel"]
         self._spawn(argv, self.log_path, self._answers, timeout)
 
     def _answers(self) -> bool:
+        return _redis_answers(self.port)
+
+    def primary(self) -> tuple[str, int] | None:
+        """The primary this sentinel names for ``service`` now, or None when it cannot say."""
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
-            return bool(client.ping())
+            found = client.sentinel_get_master_addr_by_name(self.service)
         except redis.RedisError:
-            return False
+            return None
         finally:
             client.close()
+        if not found:
+            return None
+        host = found[0].decode() if isinstance(found[0], bytes) else found[0]
+        return host, int(found[1])

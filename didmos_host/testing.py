@@ -12,6 +12,9 @@ Any project with ``didmos-host`` installed gets them (entry point ``pytest11``):
 ``didmos_own_overrides``
     the same with a slapd of the test module's own (module-scoped), for tests that must see only
     what they wrote.
+``running_providers(path, count)``, ``providers_overrides(servers, first)``
+    a context manager (not a fixture) starting ``count`` slapd providers that replicate each other,
+    and the settings overrides of a node that writes to ``servers[first]`` first.
 ``running_dev(data_dir, port, password)``
     a context manager (not a fixture) running ``didmos dev`` in a subprocess, for end-to-end tests.
 ``make_app``
@@ -72,6 +75,49 @@ def running_slapd(path) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def running_providers(path, count: int = 2) -> Iterator[list[Any]]:
+    """``count`` started :class:`~didmos_host.servers.SlapdServer` that replicate each other
+    (multi-provider syncrepl), the didmos schema on each and the base entries written on the
+    first and replicated to all; stopped on exit. :func:`providers_overrides` points didmos at them."""
+    from pathlib import Path
+
+    from didmos_host.directory import init_directory
+    from didmos_host.host import Host
+    from didmos_host.servers import SlapdServer, free_port, replicate, wait_replicated
+
+    rootpw = secrets.token_urlsafe(16)
+    servers = [SlapdServer(Path(path) / f"provider{index + 1}", port=free_port(), rootpw=rootpw,
+                           password_hash="{SSHA}", nosync=True) for index in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        password = secrets.token_urlsafe(16)
+        for server in servers:
+            server.service_password = password
+        init_directory(Host.create(providers_overrides(servers)))
+        replicate(servers)
+        wait_replicated(servers, servers[0].service_dn)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def providers_overrides(servers, first: int = 0) -> dict[str, Any]:
+    """Settings overrides for replicating ``servers``: ``directory.uri`` lists them all, starting with
+    ``servers[first]`` (the one this node writes to while it answers), ``config_uri`` every ldapi."""
+    ordered = servers[first:] + servers[:first]
+    return {
+        "directory": {
+            "uri": " ".join(server.uri for server in ordered),
+            "config_uri": " ".join(server.ldapi_uri for server in ordered),
+            "bind_password": servers[0].service_password,
+            "superadmin_password": SUPERADMIN_PASSWORD,
+        }
+    }
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,10 +45,11 @@ def alive(pid: int) -> bool:
 
 
 class Dev:
-    def __init__(self, data_dir: Path, port: int, password: str | None):
+    def __init__(self, data_dir: Path, port: int, password: str | None, *options: str):
         self.data_dir, self.port, self.password = data_dir, port, password
         self.log = open(data_dir.parent / f"dev-{port}.log", "w+")
-        command = [sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(data_dir), "--port", str(port)]
+        command = [sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(data_dir), "--port", str(port),
+                   *options]
         if password is not None:
             command += ["--admin-password", password]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
@@ -156,3 +158,50 @@ def test_dev_refuses_a_busy_port(tmp_path):
         result = subprocess.run([sys.executable, "-m", "didmos_host.cli", "dev", "--data-dir", str(tmp_path / "x"),
                                  "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"port {port}" in result.stderr and "--port" in result.stderr
+
+
+def test_dev_with_two_providers_replicates_between_its_two_api_nodes(tmp_path):
+    port = free_port()
+    dev = Dev(tmp_path / "mpr", port, "pw-mpr", "--providers", "2")
+    try:
+        dev.wait_ready(90)
+        out = dev.output()
+        assert "2 providers replicating each other" in out and f"API 2       http://127.0.0.1:{port + 1}/" in out
+        auth = {"Authorization": "Basic " + base64.b64encode(
+            b"00000000-0000-0000-0000-000000000002:pw-mpr").decode(), "Content-Type": "application/scim+json"}
+        body = json.dumps({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "mpr-one",
+                           "name": {"givenName": "M", "familyName": "P"}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/scim/v2/Users", data=body, headers=auth)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201
+            user = json.loads(response.read())
+        # the second node reads it too (both write to provider 1); and provider 2 has it, replicated
+        deadline = time.monotonic() + 15
+        while True:
+            request = urllib.request.Request(f"http://127.0.0.1:{port + 1}/scim/v2/Users/{user['id']}", headers=auth)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert json.loads(response.read())["userName"] == "mpr-one"
+                    break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404 and time.monotonic() < deadline, exc
+                time.sleep(0.2)
+        state = dev.state()
+        user_dn = SUPERADMIN_DN.replace("00000000-0000-0000-0000-000000000002", user["id"])
+        for key in ("ldap_port", "ldap_port2"):
+            conn = ldap.initialize(f"ldap://127.0.0.1:{state[key]}")
+            conn.simple_bind_s("cn=admin,dc=de", state["rootpw"])
+            assert conn.search_s(SUPERADMIN_DN, ldap.SCOPE_BASE, attrlist=["uid"])
+            deadline = time.monotonic() + 15
+            while not conn.search_s(user_dn.split(",", 1)[1], ldap.SCOPE_ONELEVEL, f"(uid=mpr-one)", ["1.1"]):
+                assert time.monotonic() < deadline, f"mpr-one did not reach {key}"
+                time.sleep(0.2)
+        # two API processes and two workers besides the two slapd and redis
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in descendants(dev.process.pid)
+                    if alive(pid)]
+        serving = {c[c.index(b"--port") + 1] for c in commands if b"serve" in c and b"--port" in c}
+        assert serving == {str(port).encode(), str(port + 1).encode()}, commands
+        workers = [c for c in commands if c[:4] == [c[0], b"-m", b"didmos_host.cli", b"worker"]]
+        assert len(workers) >= 2, commands
+    finally:
+        dev.stop()

@@ -66,7 +66,7 @@ def test_second_init_changes_nothing(didmos_slapd, didmos_overrides):
 
 def test_a_new_migration_and_entry_are_applied_once(didmos_slapd, didmos_overrides, tmp_path):
     ldif_file = tmp_path / "0001-index.ldif"
-    ldif_file.write_text("dn: {suffix_db}\nchangetype: modify\nadd: olcDbIndex\nolcDbIndex: description eq\n")
+    ldif_file.write_text("dn: {suffix_db}\nchangetype: modify\nadd: olcDbIndex\nolcDbIndex: postOfficeBox eq\n")
 
     class Upgrade:
         @hookimpl
@@ -85,7 +85,7 @@ def test_a_new_migration_and_entry_are_applied_once(didmos_slapd, didmos_overrid
     second = init_directory(Host.create(didmos_overrides, extra_plugins=[Upgrade()]))
     assert second.migrations_applied == [] and second.entries_created == []
     databases = didmos_slapd.config_connection().search_s("cn=config", ldap.SCOPE_ONELEVEL, "(olcSuffix=dc=de)", ["olcDbIndex"])
-    assert b"description eq" in databases[0][1]["olcDbIndex"]
+    assert b"postOfficeBox eq" in databases[0][1]["olcDbIndex"]
 
 
 def test_a_broken_migration_stops_with_its_name(didmos_overrides, tmp_path):
@@ -148,9 +148,9 @@ def test_parse_ldif_accepts_changetype_add_and_comments_and_refuses_others():
 
 def test_a_modify_whose_values_partly_exist_adds_the_others(didmos_slapd, didmos_overrides, tmp_path):
     ldif_file = tmp_path / "partial.ldif"
-    # "didmosUUID eq" exists since migration 0002; "title eq" does not
+    # "didmosUUID eq" exists since migration 0002; "roomNumber eq" does not
     ldif_file.write_text("dn: {suffix_db}\nchangetype: modify\nadd: olcDbIndex\nolcDbIndex: didmosUUID eq\n"
-                         "olcDbIndex: title eq\n")
+                         "olcDbIndex: roomNumber eq\n")
 
     class Partial:
         @hookimpl
@@ -159,8 +159,29 @@ def test_a_modify_whose_values_partly_exist_adds_the_others(didmos_slapd, didmos
 
     assert init_directory(Host.create(didmos_overrides, extra_plugins=[Partial()])).migrations_applied == ["partial.0001"]
     databases = didmos_slapd.config_connection().search_s("cn=config", ldap.SCOPE_ONELEVEL, "(olcSuffix=dc=de)", ["olcDbIndex"])
-    assert b"title eq" in databases[0][1]["olcDbIndex"]
+    assert b"roomNumber eq" in databases[0][1]["olcDbIndex"]
 
 
 def test_the_test_directory_raises_no_configuration_warning(didmos_slapd):
     assert didmos_slapd.init_report.warnings == []
+
+
+def test_an_index_migration_skips_attributes_indexed_by_hand(didmos_slapd, didmos_overrides, tmp_path):
+    """A directory indexed by hand: slapd refuses a second definition for an attribute ("duplicate
+    index definition"), so the migration adds only the attributes that have none."""
+    conn = didmos_slapd.config_connection()
+    suffix_db = conn.search_s("cn=config", ldap.SCOPE_ONELEVEL, "(olcSuffix=dc=de)", ["1.1"])[0][0]
+    conn.modify_s(suffix_db, [(ldap.MOD_ADD, "olcDbIndex", [b"carLicense eq"])])
+    ldif_file = tmp_path / "overlapping.ldif"
+    ldif_file.write_text("dn: {suffix_db}\nchangetype: modify\nadd: olcDbIndex\n"
+                         "olcDbIndex: carLicense,departmentNumber eq\n")
+
+    class Overlapping:
+        @hookimpl
+        def didmos_directory_migrations(self):
+            return [SchemaMigration(name="overlapping.0001", ldif=ldif_file, order=500)]
+
+    report = init_directory(Host.create(didmos_overrides, extra_plugins=[Overlapping()]))
+    assert report.migrations_applied == ["overlapping.0001"]
+    indexes = conn.search_s(suffix_db, ldap.SCOPE_BASE, attrlist=["olcDbIndex"])[0][1]["olcDbIndex"]
+    assert b"carLicense eq" in indexes and b"departmentNumber eq" in indexes

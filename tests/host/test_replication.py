@@ -1,4 +1,4 @@
-"""Several OpenLDAP providers replicating each other (multi-provider, delta-syncrepl) under didmos.
+"""Several OpenLDAP providers replicating each other (multi-provider syncrepl) under didmos.
 
 Real slapd processes on loopback (``running_providers``); each didmos node lists every provider in
 ``directory.uri``, starting with its own, so two nodes write to different providers.
@@ -12,7 +12,7 @@ import uuid
 import ldap
 import pytest
 
-from didmos_host.servers import wait_replicated
+from didmos_host.servers import ServerError, wait_replicated
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, providers_overrides, running_providers
 
 pytestmark = pytest.mark.slow
@@ -160,3 +160,96 @@ def test_reapplying_every_migration_to_every_provider_changes_nothing(providers)
     report = init_directory(Host.create(providers_overrides(providers)), reapply=True)
     assert report.migrations_applied == []
     assert [_config_snapshot(server) for server in providers] == before
+
+
+def test_the_entry_cache_of_a_node_follows_writes_made_through_the_other_provider(make_app, providers):
+    """With ``ldap.cache`` on, a node of provider 1 serves cached reads; a change written through
+    provider 2 reaches that cache (replication, then the node's change stream) within the bound."""
+    cached_app = make_app(**providers_overrides(providers, 0),
+                          ldap={"cache": {"enabled": True, "staleness_seconds": 2.0}})
+    cached = cached_app.test_client()
+    two = make_app(**providers_overrides(providers, 1)).test_client()
+    try:
+        user = new_user(two)
+        eventually(lambda: cached.get(f"{USERS}/{user['id']}", headers=ADMIN).status_code == 200)
+        for round_ in range(3):  # read it into the cache, change it on the other provider, read again
+            assert cached.get(f"{USERS}/{user['id']}", headers=ADMIN).status_code == 200
+            value = f"Cached {round_}"
+            patch = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                     "Operations": [{"op": "replace", "path": "displayName", "value": value}]}
+            assert two.patch(f"{USERS}/{user['id']}", json=patch, headers=ADMIN).status_code == 200
+            eventually(lambda: cached.get(f"{USERS}/{user['id']}", headers=ADMIN).get_json().get("displayName")
+                       == value)
+    finally:
+        # the cache's change stream is a thread: stop it with its directory, not with the providers
+        cached_app.extensions["didmos"].service("directory").close()
+
+
+def test_searches_go_to_a_read_only_consumer_and_fall_back_when_it_is_down(make_app, providers, tmp_path):
+    """``ldap.read_uris``: a node reads from a read-only consumer (listed first) and writes to the
+    providers; with the consumer down its reads go on through the next URI of ``read_uris``."""
+    from didmos_host.directory import init_directory
+    from didmos_host.host import Host
+    from didmos_host.servers import SlapdServer, free_port
+
+    replica = SlapdServer(tmp_path / "replica", port=free_port(), rootpw=providers[0].rootpw,
+                          password_hash="{SSHA}", nosync=True)
+    replica.start()
+    try:
+        settings = providers_overrides(providers)
+        settings["directory"]["config_uri"] = f"{providers[0].ldapi_uri} {replica.ldapi_uri}"
+        init_directory(Host.create(settings), reapply=True)  # the schema on the replica too
+        replica.enable_consumer(providers[0].uri)
+        wait_replicated([replica], f"didmosUUID={SUPERADMIN_ID},{PEOPLE}")
+
+        node = make_app(**providers_overrides(providers),
+                        ldap={"read_uris": f"{replica.uri} {providers[1].uri}"}).test_client()
+        user = new_user(node)  # written to provider 1, read back from the replica once it arrived
+        eventually(lambda: node.get(f"{USERS}/{user['id']}", headers=ADMIN).status_code == 200)
+        conn = ldap.initialize(replica.uri)
+        conn.simple_bind_s(replica.service_dn, providers[0].service_password)  # the account, replicated
+        try:
+            # the replica takes no write of its own (slapd 2.5 answers strongerAuthRequired here)
+            with pytest.raises(ldap.LDAPError):
+                conn.add_s(f"ou=nope,{TENANT}", [("objectClass", [b"organizationalUnit"]), ("ou", [b"nope"])])
+        finally:
+            conn.unbind_s()
+        with pytest.raises(ServerError):
+            wait_replicated(providers, f"ou=nope,{TENANT}", timeout=0.5)
+        replica.kill()
+        assert node.get(f"{USERS}/{user['id']}", headers=ADMIN).status_code == 200
+        listed = node.get(f'{USERS}?filter=userName eq "{user["userName"]}"', headers=ADMIN).get_json()
+        assert listed["totalResults"] == 1
+    finally:
+        replica.stop()
+
+
+def _written_by(server, dn: str) -> int:
+    """The server id in an entry's entryCSN: which provider applied its last change."""
+    conn = server.admin_connection()
+    try:
+        [(_, attrs)] = conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["entryCSN"])
+    finally:
+        conn.unbind_s()
+    return int(attrs["entryCSN"][0].decode().split("#")[2], 16)
+
+
+def test_after_a_failover_the_node_writes_to_the_first_provider_again_once_it_is_back(make_app, providers):
+    """``ldap.failback_seconds``: every node returns to the first URI, so that the providers do not take
+    writes to one entry at once (bench/load.py --writes own loses member adds that way)."""
+    client = make_app(**providers_overrides(providers, 0), ldap={"failback_seconds": 0.5}).test_client()
+    first = new_user(client)
+    assert _written_by(providers[0], f"didmosUUID={first['id']},{PEOPLE}") == 1
+    providers[0].kill()
+    try:
+        during = new_user(client)
+    finally:
+        providers[0].start()
+    dn = f"didmosUUID={during['id']},{PEOPLE}"
+    wait_replicated(providers, dn)
+    assert _written_by(providers[0], dn) == 2  # provider 2 took it
+    time.sleep(0.6)
+    after = new_user(client)
+    dn = f"didmosUUID={after['id']},{PEOPLE}"
+    wait_replicated(providers, dn)
+    assert _written_by(providers[1], dn) == 1  # back on provider 1

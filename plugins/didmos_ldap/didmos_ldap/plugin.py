@@ -27,6 +27,7 @@ DEFAULTS = {
     "read_uris": "",
     "pool_size": 10,
     "connect_timeout": 3.0,
+    "failback_seconds": 30.0,
     "timeout": 10.0,
     "retry_seconds": 5.0,
     "page_size": 500,
@@ -61,7 +62,8 @@ def didmos_settings():
                 Validator("ldap.tenant", is_type_of=str, len_min=1),
                 Validator("ldap.read_uris", "ldap.tls_ca_file", is_type_of=str),
                 Validator("ldap.pool_size", "ldap.page_size", is_type_of=int, gte=1),
-                Validator("ldap.connect_timeout", "ldap.timeout", "ldap.retry_seconds", is_type_of=(int, float), gte=0),
+                Validator("ldap.connect_timeout", "ldap.timeout", "ldap.retry_seconds", "ldap.failback_seconds",
+                          is_type_of=(int, float), gte=0),
                 Validator("ldap.starttls", "ldap.password_policy.must_change_after_reset", is_type_of=bool),
                 Validator("ldap.password_policy.max_failures", "ldap.password_policy.lockout_seconds",
                           "ldap.password_policy.failure_count_interval", is_type_of=int, gte=0),
@@ -92,6 +94,9 @@ def didmos_settings():
                 "read_uris": "LDAP URIs of read-only replicas for searches, space separated; empty: `directory.uri`.",
                 "pool_size": "Connections per pool (service account, replicas, user binds each have one).",
                 "connect_timeout": "Seconds to wait for a TCP connection (and for a free pooled connection).",
+                "failback_seconds": "After a failover to a later URI of `directory.uri`, how often the first one is "
+                                    "tried again; once it answers, every connection moves back to it (so all "
+                                    "nodes write to one provider). 0: stay where the failover went.",
                 "timeout": "Seconds an LDAP operation may take.",
                 "retry_seconds": "How long reads retry while the directory is unreachable, before answering 503.",
                 "page_size": "Entries per page of paged searches (RFC 2696).",
@@ -114,6 +119,20 @@ def didmos_services(host):
     from didmos_ldap.directory import Directory
 
     host.provide("directory", Directory.from_settings(host))
+
+
+@hookimpl(trylast=True)
+def didmos_readiness_checks(host):
+    from didmos_ldap.doctor import readiness_check
+
+    return [readiness_check(host)]
+
+
+@hookimpl(trylast=True)
+def didmos_doctor_checks(host):
+    from didmos_ldap.doctor import doctor_checks
+
+    return doctor_checks(host)
 
 
 @hookimpl(trylast=True)

@@ -4,7 +4,10 @@ python-ldap's ``LDAPObject`` must not be shared between threads, so each thread 
 one operation. The pool:
 
 * opens connections lazily, trying the configured URIs in order and starting with the one that
-  worked last (failover);
+  worked last (failover); after a failover it tries the first URI again every ``failback_seconds``
+  and, once that answers, closes the connections to the other URI as they come back (failback), so
+  that every node writes to the first provider whenever it is up (two providers taking writes to
+  one entry at once can lose one of them in OpenLDAP's conflict resolution);
 * drops a pooled connection whose socket became readable while idle: on an idle LDAP connection that
   only happens when the server closed it (restart, idle timeout) or sent a notice of disconnection,
   so the next request gets a fresh connection instead of an error;
@@ -44,6 +47,7 @@ class PoolSettings:
     tls_ca_file: str = ""
     tls_require_cert: str = "demand"
     options: dict = field(default_factory=dict)
+    failback_seconds: float = 30.0
 
 
 _FRESH_SECONDS = 1.0
@@ -73,6 +77,7 @@ class ConnectionPool:
         self._waiting = 0
         self._cond = threading.Condition()
         self._preferred = 0  # index of the URI that answered last
+        self._failback_at = 0.0  # when to try the first URI again (while _preferred is not 0)
         self._closed = False
 
     def _open(self) -> ldap.ldapobject.LDAPObject:
@@ -82,8 +87,12 @@ class ConnectionPool:
             raise ConfigError(f"directory.bind_password is empty; set the password of {s.bind_dn}")
         errors = []
         count = len(s.uris)
+        start = self._preferred
+        if start and s.failback_seconds and time.monotonic() >= self._failback_at:
+            start = 0  # time to see whether the first URI is back
+            self._failback_at = time.monotonic() + s.failback_seconds
         for step in range(count):
-            index = (self._preferred + step) % count
+            index = (start + step) % count
             uri = s.uris[index]
             conn = ldap.initialize(uri)
             conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
@@ -115,8 +124,10 @@ class ConnectionPool:
                 raise ConfigError(f"the directory refused the service account {s.bind_dn!r} at {uri}: "
                                   f"check directory.bind_dn and directory.bind_password") from exc
             if index != self._preferred:
-                log.warning("LDAP failover: now using %s", uri)
+                log.warning("LDAP %s: now using %s", "failback" if index == 0 else "failover", uri)
                 self._preferred = index
+                self._failback_at = time.monotonic() + s.failback_seconds
+            conn.didmos_uri_index = index
             return conn
         raise Unavailable("directory unreachable: " + "; ".join(errors))
 
@@ -135,6 +146,12 @@ class ConnectionPool:
             try:
                 conn = self._idle.pop()
             except IndexError:
+                return self._acquire_slow()
+            if self._preferred and self.settings.failback_seconds and time.monotonic() >= self._failback_at:
+                # time to try the first URI again: the idle connections go to the failover URI, and a new
+                # one is opened (the first URI first; the failover URI again if it is still down)
+                self._discard(conn)
+                self.drop_idle()
                 return self._acquire_slow()
             # A connection used within the last second cannot have outlived a slapd restart (which
             # takes longer); skip the select() for it.
@@ -177,8 +194,9 @@ class ConnectionPool:
     def release(self, conn: ldap.ldapobject.LDAPObject, *, broken: bool = False) -> None:
         """Give a connection back; ``broken`` ones (a connection error happened on them) are closed, and
         so are those marked ``conn.didmos_retire`` (they hold server state that only closing frees)."""
-        if broken or self._closed or getattr(conn, "didmos_retire", False):
-            self._discard(conn)
+        if broken or self._closed or getattr(conn, "didmos_retire", False) \
+                or getattr(conn, "didmos_uri_index", self._preferred) != self._preferred:
+            self._discard(conn)  # also one to a URI the pool has moved away from (failover, failback)
             return
         conn.didmos_released = time.monotonic()
         self._idle.append(conn)
