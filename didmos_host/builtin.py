@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from didmos_host import hookimpl
 from didmos_host.api import Blueprint, MethodView
 from didmos_host.errors import DidmosError
+from didmos_host.observability import settings_namespaces as observability_namespaces
 from didmos_host.records import DirectoryEntry, SettingsNamespace, TaskHandler
 
 log = logging.getLogger("didmos")
@@ -25,7 +26,8 @@ def didmos_settings():
         SettingsNamespace(
             name="api",
             defaults={"host": "127.0.0.1", "port": 8000, "workers": 2, "threads": 8,
-                      "max_content_length": 1048576, "title": "didmos"},
+                      "max_content_length": 1048576, "title": "didmos",
+                      "docs_path": "/docs", "docs_assets_url": "", "readiness_timeout": 2.0},
             validators=(
                 Validator("api.host", is_type_of=str, len_min=1),
                 Validator("api.port", is_type_of=int, gte=1, lte=65535),
@@ -33,6 +35,11 @@ def didmos_settings():
                 Validator("api.threads", is_type_of=int, gte=1),
                 Validator("api.max_content_length", is_type_of=int, gte=1024),
                 Validator("api.title", is_type_of=str),
+                Validator("api.docs_path", condition=_is_docs_path,
+                          messages={"condition": "{name} must be empty (no page) or a path such as '/docs', "
+                                                 "got {value!r}"}),
+                Validator("api.docs_assets_url", is_type_of=str),
+                Validator("api.readiness_timeout", is_type_of=(int, float), gt=0, lte=30),
             ),
             descriptions={
                 "host": "Address `didmos serve` listens on.",
@@ -41,6 +48,12 @@ def didmos_settings():
                 "threads": "Threads per gunicorn worker.",
                 "max_content_length": "Largest request body in bytes; larger ones get 413 unread.",
                 "title": "Title of the OpenAPI document.",
+                "docs_path": "Path of the interactive API documentation (Swagger UI on `/openapi.json`); "
+                             "empty: no page.",
+                "docs_assets_url": "Where the page loads Swagger UI's scripts from (a URL ending in `/`, e.g. a "
+                                   "CDN); empty: served by didmos itself under `<docs_path>/assets/`.",
+                "readiness_timeout": "Seconds `/readyz` waits for each server it checks before it counts "
+                                     "it as down.",
             },
         ),
         SettingsNamespace(
@@ -74,11 +87,73 @@ def didmos_settings():
         ),
         SettingsNamespace(
             name="redis",
-            defaults={"url": "redis://127.0.0.1:6379/0"},
-            validators=(Validator("redis.url", is_type_of=str, startswith="redis"),),
-            descriptions={"url": "Redis URL of the task queue (`redis://` or `rediss://`)."},
+            defaults={"url": "redis://127.0.0.1:6379/0", "sentinels": [], "sentinel_service": "mymaster",
+                      "sentinel_password": ""},
+            validators=(
+                Validator("redis.url", is_type_of=str, startswith="redis"),
+                Validator("redis.sentinels", condition=_are_sentinels,
+                          messages={"condition": "{name} must be a list of 'host:port' strings such as "
+                                                 "['10.0.0.5:26379', '10.0.0.6:26379'] (or one string of them "
+                                                 "separated by commas), got {value!r}"}),
+                Validator("redis.sentinel_service", is_type_of=str, len_min=1),
+                Validator("redis.sentinel_password", is_type_of=str),
+            ),
+            secrets=("sentinel_password",),
+            descriptions={
+                "url": "Redis URL of the task queue (`redis://` or `rediss://`). With `sentinels`, only its "
+                       "database number, user name, password and scheme are used.",
+                "sentinels": "Redis Sentinel addresses (`host:port`); when not empty, every redis client of "
+                             "didmos connects to the primary these sentinels name for `sentinel_service`.",
+                "sentinel_service": "Name of the primary the sentinels monitor (`sentinel monitor <name> ...`).",
+                "sentinel_password": "Password of the sentinels themselves (their `requirepass`); empty: none. "
+                                     "The primary's password goes in `url`.",
+            },
         ),
+        SettingsNamespace(
+            name="central",
+            defaults={"url": "", "key": "didmos:settings", "refresh_seconds": 5.0},
+            validators=(
+                Validator("central.url", is_type_of=str, condition=lambda v: v == "" or v.startswith("redis"),
+                          messages={"condition": "{name} must be empty or a redis URL such as "
+                                                 "'redis://10.0.0.5:6379/1', got {value!r}"}),
+                Validator("central.key", is_type_of=str, len_min=1),
+                Validator("central.refresh_seconds", is_type_of=(int, float), gt=0),
+            ),
+            descriptions={
+                "url": "Redis URL of the central settings store (`didmos config push`); empty: no central "
+                       "settings. Through Sentinel when `redis.sentinels` is set (then only its database "
+                       "number and password are used). Only from a settings file or the environment.",
+                "key": "Redis key of the hash that holds the central settings (one per deployment sharing a "
+                       "redis). Only from a settings file or the environment.",
+                "refresh_seconds": "How often a running API process or worker asks the store for its revision "
+                                   "(at a request's or job's start) and, when it changed, switches to the new "
+                                   "settings.",
+            },
+        ),
+        SettingsNamespace(
+            name="worker",
+            defaults={"mode": "simple"},
+            validators=(
+                Validator("worker.mode", is_type_of=str, is_in=("fork", "simple")),
+            ),
+            descriptions={
+                "mode": "How `didmos worker` runs a job: `fork`, in a work horse forked for it (rq's `Worker`); "
+                        "`simple`, in the worker process itself (rq's `SimpleWorker`), which keeps its directory "
+                        "and redis connections from job to job. Read when the worker starts.",
+            },
+        ),
+        *observability_namespaces(),  # log, metrics (didmos_host/observability.py)
     ]
+
+
+def _are_sentinels(value) -> bool:
+    from didmos_host.sentinel import sentinel_addresses
+
+    try:
+        sentinel_addresses(value)
+    except ValueError:
+        return False
+    return True
 
 
 health = Blueprint("health", __name__, description="Process health")
@@ -94,7 +169,29 @@ class Health(MethodView):
 
 @hookimpl(trylast=True)
 def didmos_blueprints(app):
-    return [health]
+    from didmos_host.observability import metrics_blueprints
+    from didmos_host.readiness import readiness
+
+    return [health, readiness, *metrics_blueprints(app)]
+
+
+def _is_docs_path(value) -> bool:
+    return isinstance(value, str) and (value == "" or (value.startswith("/") and value.strip("/") != ""
+                                                       and " " not in value and "<" not in value))
+
+
+@hookimpl(trylast=True)
+def didmos_readiness_checks(host):
+    from didmos_host.readiness import redis_check
+
+    return [redis_check(host)]
+
+
+@hookimpl(trylast=True)
+def didmos_doctor_checks(host):
+    from didmos_host.doctor import redis_and_worker_checks
+
+    return redis_and_worker_checks(host)
 
 
 @hookimpl(trylast=True)

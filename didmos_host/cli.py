@@ -55,7 +55,7 @@ def plugins(as_json: bool) -> None:
 
 @cli.group()
 def config() -> None:
-    """Inspect the effective settings."""
+    """Inspect the effective settings; push and pull the central settings."""
 
 
 @config.command("show")
@@ -75,18 +75,64 @@ def config_show(as_json: bool) -> None:
         click.echo(f"{key:<{width}} = {json.dumps(value, default=str)}    # {source}")
 
 
+@config.command("push")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Only check the file; store nothing.")
+@fail_cleanly
+def config_push(file: str, dry_run: bool) -> None:
+    """Check FILE (TOML) with every plugin's validators, then store it as the central settings.
+
+    The file replaces the whole stored document. Running processes switch to it within
+    central.refresh_seconds. A file that fails the check is not stored: the error names the setting.
+    """
+    from didmos_host.central import push
+
+    stored, location = push(file, dry_run=dry_run)
+    if dry_run:
+        click.echo(f"{file}: valid; not stored (the store at {location.describe()} has revision {stored.revision})")
+    else:
+        click.echo(f"stored {file} as revision {stored.revision} at {location.describe()}")
+
+
+@config.command("pull")
+@click.option("--show-secrets", is_flag=True, help="Print secret values instead of ********.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@fail_cleanly
+def config_pull(show_secrets: bool, as_json: bool) -> None:
+    """Print the central settings (TOML, secrets masked), with their revision."""
+    from dynaconf.vendor import toml
+
+    from didmos_host.central import pull
+
+    stored, location = pull(show_secrets=show_secrets)
+    if as_json:
+        click.echo(json.dumps({"revision": stored.revision, "pushed_at": stored.pushed_at,
+                               "pushed_by": stored.pushed_by, "source": stored.source, "settings": stored.data},
+                              indent=2, default=str))
+        return
+    if not stored.revision:
+        click.echo(f"# nothing stored yet at {location.describe()}: `didmos config push FILE`")
+        return
+    click.echo(f"# central settings revision {stored.revision} at {location.describe()}, pushed {stored.pushed_at} "
+               f"by {stored.pushed_by} from {stored.source}")
+    click.echo(toml.dumps(stored.data), nl=False)
+
+
 @cli.group()
 def directory() -> None:
     """Prepare and inspect the directory."""
 
 
 @directory.command("init")
+@click.option("--reapply-schema", is_flag=True,
+              help="Apply every schema migration again to each directory.config_uri, recorded or not "
+                   "(a provider that joined a replicated directory later lacks them: cn=config is not replicated).")
 @fail_cleanly
-def directory_init() -> None:
+def directory_init(reapply_schema: bool) -> None:
     """Apply schema migrations and create the base tree, system accounts and superadmin (idempotent)."""
     from didmos_host.directory import init_directory
 
-    report = init_directory(Host.create())
+    report = init_directory(Host.create(), reapply=reapply_schema)
     click.echo(f"migrations applied: {', '.join(report.migrations_applied) or 'none (up to date)'}")
     click.echo(f"entries created: {len(report.entries_created)}")
     for line in report.announcements:
@@ -98,6 +144,15 @@ def directory_init() -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """Check the settings, the directory, redis and the worker, and say what to fix (exit 1 on a problem)."""
+    from didmos_host.doctor import run
+
+    sys.exit(run(as_json=as_json))
+
+
+@cli.command()
 @click.option("--burst", is_flag=True, help="Run the queued jobs, then exit.")
 @click.option("--queue", "queues", multiple=True, help="Queue to listen on (default: every handler's queue).")
 @fail_cleanly
@@ -105,8 +160,11 @@ def worker(burst: bool, queues: tuple[str, ...]) -> None:
     """Run a task worker (rq, with the scheduler for delayed and retried tasks)."""
     from didmos_host.tasks import run_worker
 
-    logging.getLogger().setLevel(logging.INFO)
-    run_worker(Host.create(), burst=burst, queues=list(queues) or None)
+    from didmos_host.observability import configure_logging
+
+    host = Host.create()
+    configure_logging(host.settings, replace=True)  # log.format, log.level, log.audit_file
+    run_worker(host, burst=burst, queues=list(queues) or None)
 
 
 @cli.command()
@@ -126,12 +184,14 @@ def serve(bind_host: str | None, port: int | None, workers: int | None) -> None:
               help="Where slapd, redis and secrets keep their data; reused on the next run.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="API port.")
 @click.option("--admin-password", default=None, help="Superadmin password (default: generated, printed once).")
+@click.option("--providers", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="slapd providers replicating each other, each with an API (on --port, --port+1, ...) and a worker.")
 @fail_cleanly
-def dev(data_dir: str, port: int, admin_password: str | None) -> None:
+def dev(data_dir: str, port: int, admin_password: str | None, providers: int) -> None:
     """Run slapd, redis, the API and a worker on this machine, with a ready superadmin."""
     from didmos_host.dev import run_dev
 
-    sys.exit(run_dev(data_dir=data_dir, port=port, admin_password=admin_password))
+    sys.exit(run_dev(data_dir=data_dir, port=port, admin_password=admin_password, providers=providers))
 
 
 def add_plugin_commands(group: click.Group, pm=None) -> None:

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
         Action,
         Actor,
         DirectoryEntry,
+        DoctorCheck,
         LdapOperation,
+        ReadinessCheck,
         ResourceType,
         SchemaMigration,
         SettingsNamespace,
@@ -230,4 +232,40 @@ def didmos_directory_entries(settings: Any) -> list[DirectoryEntry]:
     Called by ``didmos directory init`` and ``didmos dev`` after the migrations. Returns
     :class:`~didmos_host.records.DirectoryEntry` records; the host adds those that are missing, parents
     before children, and never changes an entry that exists. ``settings`` are the effective settings.
+    """
+
+
+@hookspec
+def didmos_readiness_checks(host: Host) -> list[ReadinessCheck]:
+    """Name what ``GET /readyz`` must reach before the process counts as ready to serve.
+
+    Called on every ``/readyz`` request. Returns :class:`~didmos_host.records.ReadinessCheck` records
+    (two with the same name stop the request with an error); every implementation runs. ``/readyz`` runs
+    all checks at once and answers 200 when each returned within ``api.readiness_timeout`` seconds, else
+    503 naming those that failed or did not answer. The host checks redis, ``didmos_ldap`` the directory.
+    """
+
+
+@hookspec
+def didmos_doctor_checks(host: Host) -> list[DoctorCheck]:
+    """Contribute checks to ``didmos doctor``: :class:`~didmos_host.records.DoctorCheck` records.
+
+    Called once per ``didmos doctor`` run, after the settings loaded and validated. Every implementation
+    runs; each check's function returns :class:`~didmos_host.records.DoctorFinding` records, each saying
+    what is wrong and what to do about it. The host checks the configuration, redis and the worker;
+    ``didmos_ldap`` the directory (connection, service account, migrations, overlays); ``didmos_scim``
+    the indexes of the attributes its mappings make filterable.
+    """
+
+
+@hookspec
+def didmos_metrics_collectors(host: Host) -> list[Any]:
+    """Contribute figures read at scrape time to ``GET /metrics`` (queue lengths, counts in the directory).
+
+    Called on every scrape, inside the request. Returns prometheus_client custom collectors: objects
+    whose ``collect()`` yields metric families (``prometheus_client.core.GaugeMetricFamily``, ...).
+    Every implementation runs. A collector should be cheap (one indexed search, one redis call) and
+    should yield nothing, not raise, when what it reads is unreachable. Counters and histograms that a
+    plugin updates as things happen need no hook: every prometheus_client metric is exposed.
+    ``didmos_tasks`` reports the outbox's failed tasks.
     """

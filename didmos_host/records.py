@@ -138,3 +138,44 @@ class DirectoryEntry:
     dn: str
     attributes: dict[str, list[str]]
     announce: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadinessCheck:
+    """One thing ``/readyz`` asks before it answers "ready": a server didmos cannot work without.
+
+    ``function(timeout)`` checks it within ``timeout`` seconds (use it for the socket timeouts) and
+    returns normally when it answers, optionally with a short detail string; it raises with a message
+    saying what does not answer. The message is sent to the probe, so it must hold no secrets.
+    """
+
+    name: str
+    function: Callable[[float], str | None]
+
+
+@dataclass(frozen=True)
+class DoctorFinding:
+    """One result of ``didmos doctor``: ``status`` ``ok``, ``problem`` or ``skipped``.
+
+    ``check`` names what was looked at (``directory.migrations``), ``message`` what was found, and
+    ``fix``, for a problem, what the operator should do (``run `didmos directory init```).
+    """
+
+    check: str
+    status: Literal["ok", "problem", "skipped"]
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class DoctorCheck:
+    """A group of ``didmos doctor`` checks a plugin contributes.
+
+    ``function(host)`` returns a list of :class:`DoctorFinding`; an exception it raises is reported as
+    a problem of the check ``name``. Checks run in ``(order, name)`` order; the host's configuration
+    check is 0, the directory's 10, redis 20, the worker 30.
+    """
+
+    name: str
+    function: Callable[[Any], list[DoctorFinding]]
+    order: int = 100

@@ -431,6 +431,12 @@ MATRIX: list[Row] = [
         setup=filed_request),
     Row("GET", f"/tasks/v1/requests/{NOBODY}", UNKNOWN, case="unknown request"),
     Row("GET", "/healthz", PUBLIC),
+    # Prometheus metrics: the scrape token (tests/test_observability.py) or an actor allowed to read Metrics
+    Row("GET", "/metrics", SUPERADMIN_ONLY[200]),
+    Row("GET", "/readyz", PUBLIC),  # for probes: says only which servers answer, no data
+    # the interactive API documentation and Swagger UI's files: public, like /openapi.json
+    Row("GET", "/docs", PUBLIC),
+    Row("GET", "/docs/assets/swagger-ui.css", PUBLIC),
     # didmos as a token issuer (plugins/didmos_auth/tests/test_issuer.py covers the grants themselves)
     Row("POST", "/oauth/token", (400,) * 6),  # no grant_type: unsupported_grant_type, whoever asks
     Row("POST", "/oauth/revoke", (401, 400, 400, 400, 400, 400)),  # clients or a token's subject; no token given
