@@ -12,6 +12,8 @@ Any project with ``didmos-host`` installed gets them (entry point ``pytest11``):
 ``didmos_own_overrides``
     the same with a slapd of the test module's own (module-scoped), for tests that must see only
     what they wrote.
+``wait_for(condition, timeout, what)``
+    polls ``condition`` until it is true (replication, workers); AssertionError naming ``what``.
 ``running_providers(path, count)``, ``providers_overrides(servers, first)``
     a context manager (not a fixture) starting ``count`` slapd providers that replicate each other,
     and the settings overrides of a node that writes to ``servers[first]`` first.
@@ -75,6 +77,21 @@ def running_slapd(path) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition", interval: float = 0.1) -> Any:
+    """Call ``condition`` until it returns something true and return that; an AssertionError naming
+    ``what`` when ``timeout`` seconds pass first (for what other processes do: replication, workers)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from didmos_host.cli import cli
 from didmos_host.doctor import diagnose
 from didmos_host.records import DoctorCheck, DoctorFinding, SchemaMigration
 from didmos_host.servers import RedisServer, free_port
-from didmos_host.testing import _merge
+from didmos_host.testing import _merge, wait_for
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 
@@ -75,21 +75,12 @@ def worker(overrides, tmp_path):
             process.wait()
 
 
-def wait_for(condition, what: str, seconds: float = 30):
-    deadline = time.monotonic() + seconds
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {seconds} s")
-        time.sleep(0.3)
 
 
 @pytest.mark.slow  # a worker process of its own
 def test_all_ok_with_directory_redis_and_a_running_worker(overrides, worker, tmp_path):
     findings = wait_for(lambda: (f := diagnose(overrides)) and all(x.status == "ok" for x in f) and f,
-                        f"every finding ok (worker log: {tmp_path / 'worker.log'})")
+                        what=f"every finding ok (worker log: {tmp_path / 'worker.log'})", interval=0.3)
     assert statuses(findings) == {
         "configuration": "ok", "directory.connection": "ok", "directory.migrations": "ok",
         "directory.overlays": "ok", "scim.indexes": "ok", "redis": "ok", "worker": "ok", "worker.scheduler": "ok"}
@@ -174,7 +165,8 @@ def test_a_worker_on_some_queues_only_is_named(overrides, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         found = wait_for(lambda: (f := by_check(diagnose(overrides)))["worker"].status == "problem"
-                         and "none listens" in f["worker"].message and f, "the partial worker registered")
+                         and "none listens" in f["worker"].message and f, what="the partial worker registered",
+                         interval=0.3)
     finally:
         process.terminate()
         process.wait(20)

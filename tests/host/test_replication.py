@@ -13,7 +13,8 @@ import ldap
 import pytest
 
 from didmos_host.servers import ServerError, wait_replicated
-from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, providers_overrides, running_providers
+from didmos_host.testing import (SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth, providers_overrides, running_providers,
+                                 wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +44,7 @@ def node(make_app, providers):
 
 
 def eventually(check, timeout: float = REPLICATION_SECONDS):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "not replicated in time"
-        time.sleep(0.05)
+    return wait_for(check, timeout, "replication", interval=0.05)
 
 
 def new_user(client, password: str | None = None) -> dict:

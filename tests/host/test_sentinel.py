@@ -23,6 +23,7 @@ from didmos_host.records import TaskHandler
 from didmos_host.sentinel import connect_redis, describe_redis, sentinel_addresses
 from didmos_host.servers import RedisSentinelServer, RedisServer, free_port, stop_process
 from didmos_host.tasks import connect, enqueue, run_worker
+from didmos_host.testing import wait_for
 
 SERVICE = "didmos-test"
 
@@ -39,15 +40,6 @@ class SentinelRecorder:
         return [TaskHandler(name="test.sentinel-record", function=record, queue="sentinel-test", retries=0)]
 
 
-def _wait(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 def _info(port: int, section: str) -> dict:
@@ -72,7 +64,7 @@ def sentinel_topology(tmp_path):
         primary.start()
         replica.options = ("--replicaof", "127.0.0.1", str(primary.port))
         replica.start()
-        _wait(lambda: _info(replica.port, "replication").get("master_link_status") == "up", 15, "replication")
+        wait_for(lambda: _info(replica.port, "replication").get("master_link_status") == "up", 15, "replication")
         sentinels = [RedisSentinelServer(tmp_path / f"sentinel{index}", port=free_port(), primary_port=primary.port,
                                          service=SERVICE, quorum=2, down_after_ms=1000, failover_timeout_ms=3000)
                      for index in range(3)]
@@ -91,7 +83,7 @@ def sentinel_topology(tmp_path):
                     return False
             return True
 
-        _wait(ready, 30, "the sentinels finding each other and the replica")
+        wait_for(ready, 30, "the sentinels finding each other and the replica")
         yield primary, replica, sentinels
     finally:
         for server in [*sentinels, replica, primary]:
@@ -123,18 +115,18 @@ def test_tasks_run_through_the_primary_before_and_after_a_failover(sentinel_topo
         assert log.read_text() == "1\n"
         assert long_lived.set("before", "1") and _info(primary.port, "keyspace")  # written to the first primary
         ping = enqueue(host, "didmos.ping", {"value": "before"})
-        _wait(lambda: (Job.fetch(ping, connection=connect(host)).return_value() or {}).get("pong") == "before", 30,
+        wait_for(lambda: (Job.fetch(ping, connection=connect(host)).return_value() or {}).get("pong") == "before", 30,
               "the long-running worker's first ping")
 
         os.kill(primary.pid, signal.SIGKILL)
         primary.stop()  # reaps it
         killed = time.monotonic()
-        _wait(lambda: all(s.primary() == ("127.0.0.1", replica.port) for s in sentinels), 40,
+        wait_for(lambda: all(s.primary() == ("127.0.0.1", replica.port) for s in sentinels), 40,
               "the failover to the replica")
         print(f"\nfailover done {time.monotonic() - killed:.1f}s after the SIGKILL")
 
         ping = enqueue(host, "didmos.ping", {"value": "after"})
-        _wait(lambda: (Job.fetch(ping, connection=connect(host)).return_value() or {}).get("pong") == "after", 60,
+        wait_for(lambda: (Job.fetch(ping, connection=connect(host)).return_value() or {}).get("pong") == "after", 60,
               "the long-running worker's ping through the new primary")
         print(f"the long-running worker ran a task {time.monotonic() - killed:.1f}s after the SIGKILL")
     finally:

@@ -247,6 +247,18 @@ class ImportRun:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="didmos-import") as pool:
             pending: deque[Future] = deque()
             try:
+                def submit(row) -> None:
+                    pending.append(pool.submit(self._one, row))
+                    while len(pending) >= 2 * self.workers:
+                        self._collect(pending.popleft())
+                        progress(1)
+
+                def drain() -> None:
+                    while pending:
+                        self._collect(pending.popleft())
+                        progress(1)
+                    self._confirm()
+
                 for row in rows:
                     if self._finished_before(row):
                         progress(1)
@@ -254,14 +266,8 @@ class ImportRun:
                     if row.problem is None and self._references(row):
                         deferred.append(row)
                         continue
-                    pending.append(pool.submit(self._one, row))
-                    while len(pending) >= 2 * self.workers:
-                        self._collect(pending.popleft())
-                        progress(1)
-                while pending:
-                    self._collect(pending.popleft())
-                    progress(1)
-                self._confirm()
+                    submit(row)
+                drain()
                 waiting = deferred
                 while waiting:
                     open_ids = {row.old_id for row in waiting if row.old_id}
@@ -281,14 +287,8 @@ class ImportRun:
                             progress(1)
                         break
                     for row in ready:
-                        pending.append(pool.submit(self._one, row))
-                        while len(pending) >= 2 * self.workers:
-                            self._collect(pending.popleft())
-                            progress(1)
-                    while pending:
-                        self._collect(pending.popleft())
-                        progress(1)
-                    self._confirm()
+                        submit(row)
+                    drain()
                     waiting = blocked
             except BaseException:
                 for future in pending:

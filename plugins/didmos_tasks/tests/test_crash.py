@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from rq.registry import FailedJobRegistry
 
 from didmos_host.host import Host
 from didmos_host.tasks import run_worker
+from didmos_host.testing import wait_for
 
 HERE = Path(__file__).parent
 #: A worker as `didmos worker` runs it, with the test handlers (outbox_handlers.py, on PYTHONPATH) loaded.
@@ -77,15 +77,6 @@ def workers(overrides, tmp_path):
                 process.wait()
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.1)
 
 
 def descriptions(host, dn) -> list[str]:
