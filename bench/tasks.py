@@ -55,23 +55,29 @@ def noop(name, payload):
 
 # -- the worker processes (this script started again with --run-worker) -------------------------------
 
-def worker_main(redis_url: str) -> None:
-    """The bare rq worker (the didmos ones are `didmos worker` itself)."""
+def worker_main(redis_url: str, mode: str = "fork") -> None:
+    """The bare rq worker (the didmos ones are `didmos worker` itself): rq's ``Worker`` (a work horse
+    forked per job) or, with ``mode`` "simple", rq's ``SimpleWorker`` (jobs in the worker process, as
+    didmos's default ``worker.mode``)."""
     import redis
     import rq
 
     import tasks  # noqa: F401 - imported before the fork, as didmos's handlers are, so no horse imports it
-    rq.Worker([QUEUE_BARE], connection=redis.Redis.from_url(redis_url)).work(with_scheduler=True, logging_level="INFO")
+    worker_class = rq.SimpleWorker if mode == "simple" else rq.Worker
+    worker_class([QUEUE_BARE], connection=redis.Redis.from_url(redis_url)).work(with_scheduler=True,
+                                                                                 logging_level="INFO")
 
 
-def start_workers(kind: str, count: int, settings: Path, redis_url: str, root: Path) -> list[subprocess.Popen]:
+def start_workers(kind: str, count: int, settings: Path, redis_url: str, root: Path,
+                  bare_mode: str = "fork") -> list[subprocess.Popen]:
     env = {**os.environ, "DIDMOS_SETTINGS_FILES": str(settings),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     procs = []
     for n in range(count):
         with (root / f"worker-{kind}-{n}.log").open("w") as log:
             argv = ([sys.executable, "-m", "didmos_host.cli", "worker"] if kind == "didmos"
-                    else [sys.executable, __file__, "--run-worker", kind, "--redis-url", redis_url])
+                    else [sys.executable, __file__, "--run-worker", kind, "--redis-url", redis_url,
+                          "--bare-worker", bare_mode])
             procs.append(subprocess.Popen(argv,
                                           env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     return procs
@@ -342,11 +348,14 @@ def main() -> None:
     parser.add_argument("--approvals", type=int, default=50, help="join-group requests filed and approved")
     parser.add_argument("--approval-clients", type=int, default=4, help="concurrent requesters")
     parser.add_argument("--users", type=int, default=1000, help="bulk-loaded users (>= --approvals)")
+    parser.add_argument("--bare-worker", choices=["fork", "simple"], default="fork",
+                        help="the bare rq workers: rq.Worker (fork per job, rq's default) or rq.SimpleWorker "
+                             "(in process, like didmos's default worker.mode)")
     parser.add_argument("--run-worker", choices=["bare"], help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_worker:
-        worker_main(args.redis_url)
+        worker_main(args.redis_url, args.bare_worker)
         return
     if args.approvals > args.users:
         parser.error("--approvals needs as many --users (each user files one request)")
@@ -372,7 +381,7 @@ def main() -> None:
             overrides = {**bench.overrides, "redis": {"url": redis_server.url}}
             settings = write_settings_file(overrides, root / "bench-tasks-settings.toml")
             workers = (start_workers("didmos", args.workers, settings, redis_server.url, root)
-                       + start_workers("bare", args.workers, settings, redis_server.url, root))
+                       + start_workers("bare", args.workers, settings, redis_server.url, root, args.bare_worker))
             wait_for_workers(redis_server.url, workers, root)
             host = Host.create(overrides)
             pids = {"workers": [w.pid for w in workers[:args.workers]],
@@ -380,7 +389,7 @@ def main() -> None:
                     "slapd": [bench.server.pid], "redis": [redis_server.pid]}
             print(f"workers: {args.workers} x run_worker (`didmos worker`, worker.mode {host.settings.worker.mode}; "
                   f"didmos.ping on queue default), "
-                  f"{args.workers} x rq.Worker on {QUEUE_BARE}; a private redis")
+                  f"{args.workers} x {'rq.SimpleWorker' if args.bare_worker == 'simple' else 'rq.Worker'} on {QUEUE_BARE}; a private redis")
 
             figures.update(measure_tasks(host, redis_server.url, args, pids))
             print(f"{'':28}{'tasks/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU ms per task: workers+horses, slapd, "
