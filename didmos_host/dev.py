@@ -51,15 +51,17 @@ def _lock_data_dir(data_dir: Path):
     return handle
 
 
-def _load_state(data_dir: Path, providers: int = 1) -> dict:
+def _load_state(data_dir: Path, providers: int = 1, reserved: frozenset[int] = frozenset()) -> dict:
     """Secrets and ports chosen on the first run; kept so a restart finds its servers' data."""
     path = data_dir / STATE_FILE
     state = json.loads(path.read_text()) if path.exists() else {}
     state.setdefault("rootpw", secrets.token_urlsafe(24))
     state.setdefault("service_password", secrets.token_urlsafe(24))
     for key in ("ldap_port", "redis_port", *(f"ldap_port{n}" for n in range(2, providers + 1))):
-        if not state.get(key) or not _port_free(state[key]):
+        if not state.get(key) or not _port_free(state[key]) or state[key] in reserved:
             state[key] = free_port()
+            while state[key] in reserved:  # the API ports: free now, taken once the APIs start
+                state[key] = free_port()
     path.write_text(json.dumps(state, indent=2))
     path.chmod(0o600)
     return state
@@ -112,7 +114,7 @@ def run_dev(*, data_dir: str, port: int, admin_password: str | None, providers: 
         if not _port_free(api_port):
             raise DidmosError(f"port {api_port} on 127.0.0.1 is in use; choose another with --port")
     lock = _lock_data_dir(data)  # noqa: F841 (held until this process exits)
-    state = _load_state(data, providers)
+    state = _load_state(data, providers, frozenset(api_ports))
     slapds = [SlapdServer(data / "slapd", port=state["ldap_port"], rootpw=state["rootpw"])]
     slapds += [SlapdServer(data / f"slapd{n}", port=state[f"ldap_port{n}"], rootpw=state["rootpw"])
                for n in range(2, providers + 1)]

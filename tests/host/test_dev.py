@@ -82,6 +82,13 @@ class Dev:
         assert not [pid for pid in family if alive(pid)], "children left running after SIGINT"
 
 
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def get(url):
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, json.loads(response.read())
@@ -162,6 +169,8 @@ def test_dev_refuses_a_busy_port(tmp_path):
 
 def test_dev_with_two_providers_replicates_between_its_two_api_nodes(tmp_path):
     port = free_port()
+    while not _free(port + 1):  # the second API listens on --port + 1
+        port = free_port()
     dev = Dev(tmp_path / "mpr", port, "pw-mpr", "--providers", "2")
     try:
         dev.wait_ready(90)
