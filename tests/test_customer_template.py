@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import site
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import requests
 from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
-from didmos_host.servers import RedisServer, free_port
+from didmos_host.servers import RedisServer, free_port, stop_process
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -135,12 +134,7 @@ def served(python, didmos_own_overrides, own_redis, tmp_path):
             time.sleep(0.2)
         yield url, env, directory["config_uri"]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, 20)
 
 
 def test_every_override_takes_effect_in_the_installed_didmos(python, own_tests, served):

@@ -14,7 +14,7 @@ from didmos_host import hookimpl
 from didmos_host.cli import cli
 from didmos_host.doctor import diagnose
 from didmos_host.records import DoctorCheck, DoctorFinding, SchemaMigration
-from didmos_host.servers import RedisServer, free_port
+from didmos_host.servers import RedisServer, free_port, stop_process
 from didmos_host.testing import _merge, wait_for
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -67,12 +67,7 @@ def worker(overrides, tmp_path):
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
 
 
 

@@ -18,6 +18,8 @@ import ldap
 import pytest
 import yaml
 
+from didmos_host.servers import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"
 
@@ -155,10 +157,5 @@ def test_openldap_entrypoint_runs_slapd_that_directory_init_configures(tmp_path)
                              "(uid=superadmin)", ["uid"])
         assert "built cn=config" in (tmp_path / "slapd.log").read_text()
     finally:
-        slapd.terminate()
-        try:
-            slapd.wait(15)
-        except subprocess.TimeoutExpired:
-            slapd.kill()
-            slapd.wait()
+        stop_process(slapd, 15)
         log.close()

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from didmos_host.servers import stop_process
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -322,12 +323,7 @@ def test_install_serve_and_purge(deb, didmos_slapd, didmos_redis, tmp_path):
         assert worker.returncode == 0
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, 20)
         purged = dpkg("--purge", "didmos")
         if not before["user"] and run("getent", "passwd", "didmos", check=False).stdout:
             # Debian keeps system users on purge (docs/packaging.md); this machine gets rid of it.

@@ -69,3 +69,18 @@ def didmos_task_handlers():
         TaskHandler(name="test.slow-effect", function=slow_effect, retries=2, retry_intervals=(0,), timeout=60),
         TaskHandler(name="test.slow-once", function=slow_effect, retries=0, timeout=60),
     ]
+
+
+def burst_worker(overrides) -> None:
+    """A burst worker with these handlers and a host of its own (its work horses must not inherit the
+    test's LDAP connections): runs what is queued, then returns."""
+    import sys
+
+    from didmos_host.host import Host
+    from didmos_host.tasks import run_worker
+
+    worker = Host.create(overrides, extra_plugins=[sys.modules[__name__]])
+    try:
+        run_worker(worker, burst=True)
+    finally:
+        worker.service("directory").close()

@@ -21,8 +21,6 @@ import redis
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from didmos_host.host import Host
-from didmos_host.tasks import run_worker
 from didmos_host.testing import wait_for
 
 HERE = Path(__file__).parent
@@ -130,12 +128,7 @@ def test_a_task_longer_than_its_lease_keeps_it_and_runs_once(host, workers, effe
     assert sum(path.read_text().count("'didmos_tasks.dispatch'") for path in logs) >= dispatched + 3
 
 
-def work(overrides):
-    worker = Host.create(overrides, extra_plugins=[HANDLERS])
-    try:
-        run_worker(worker, burst=True)
-    finally:
-        worker.service("directory").close()
+work = outbox_handlers.burst_worker
 
 
 def test_a_task_whose_job_rq_gave_up_on_is_delivered_again(host, overrides, tmp_path):

@@ -4,7 +4,6 @@ and who may see them (the PDP: resource type ``Task``, the superadmin by default
 import json
 import time
 import uuid
-from pathlib import Path
 
 import outbox_handlers
 import pytest
@@ -14,8 +13,6 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 
 from didmos_host.app import create_app
-from didmos_host.host import Host
-from didmos_host.tasks import run_worker
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth
 
 ADMIN = basic_auth(SUPERADMIN_ID, SUPERADMIN_PASSWORD)
@@ -43,13 +40,7 @@ def standard_user(slapd, host):
     return basic_auth(user_id, "pw")
 
 
-def work(overrides):
-    """A burst worker with a host of its own (its work horses must not inherit the test's LDAP connections)."""
-    worker = Host.create(overrides, extra_plugins=[HANDLERS])
-    try:
-        run_worker(worker, burst=True)
-    finally:
-        worker.service("directory").close()
+work = outbox_handlers.burst_worker
 
 
 def failed_task(host, overrides, tmp_path):
