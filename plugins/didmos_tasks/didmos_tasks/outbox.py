@@ -10,31 +10,42 @@ below ``tasks.base_dn``::
         didmosTaskStarted   last attempt's start          didmosTaskFinished  when it became done or failed
         didmosTaskError     last error                    didmosTaskResult    the handler's result, JSON
 
-The rq job id is the task id, so a task is in redis at most once. States:
+The rq job id is the task id, so a task is in redis at most once. Two writes per task reach the
+directory in the common case: the entry when it is submitted, and its outcome (``done``, or a failed
+attempt). What happens between them is kept in redis, where it costs no disk write:
 
-``pending``  stored, and queued in redis unless redis was down; no attempt started yet. The dispatcher
+``didmos:tasks:lease:<id>``     held by the worker running the task, renewed every third of
+                               ``tasks.lease_seconds`` by one heartbeat thread per worker process;
+                               expires when its worker dies
+``didmos:tasks:attempts:<id>``  attempts started (INCR when a worker takes the lease, in the same
+                               script); kept a day after the task is over
+
+States (the entry's; the API shows ``running`` while a worker holds the lease, and the attempts started
+when redis counts more than the entry):
+
+``pending``  stored, and queued in redis unless redis was down; no attempt recorded yet. The dispatcher
              queues those redis does not hold.
 ``queued``   waiting for another attempt: after a failed one (rq runs the job again after the back-off),
-             or delivered again by the dispatcher after a lost one.
-``running``  a worker claimed it: it holds the task's *lease* in redis and renews it every third of
-             ``tasks.lease_seconds`` while the handler runs.
-``done``     the handler returned. A task that is done never runs again: a delivery that finds it done
-             (a job redelivered after a crash) returns at once.
+             or delivered again by the dispatcher after a lost one (the lost attempt is recorded then).
+``running``  written only by earlier versions (which claimed a task in the directory); still understood.
+``done``     the handler returned. A task that is done never runs again: a delivery that is not the
+             task's first attempt reads the entry before it runs anything, and returns when it is over.
 ``failed``   the last attempt failed and none is left (``TaskHandler.retries`` + 1 attempts in all);
              ``retry`` starts it over.
 
-Every change of state is conditional (LDAP assertion control): a worker claims a task in one modify
-that asserts it is ``pending`` or ``queued`` with attempts left (so of two claimers one wins), and
-every other change is a compare-and-swap on the ``entryCSN`` read, so the submitter, workers and
-dispatchers never overwrite each other's decisions.
+Every write of an outcome asserts (LDAP assertion control) that the task is still ``pending`` or
+``queued``, so an outcome is recorded once and never overwrites another; the dispatcher's changes are
+compare-and-swaps on the ``entryCSN`` it read.
 
 The dispatcher (:meth:`Outbox.dispatch`), run every ``tasks.dispatch_seconds`` by each ``didmos
 worker`` as the rq job ``didmos_tasks.dispatch``, queues ``pending`` tasks and delivers again every
-``queued`` or ``running`` task that nobody holds the lease of and whose rq job is missing (redis lost
-it), finished or failed without the entry saying so (rq's abandoned-job cleanup, a killed work horse)
-or started more than a lease ago. That is how a worker that dies mid-task is noticed: its lease
-expires long before rq's own cleanup of the started-job registry would see it (rq gives an execution
-at least a minute and cleans up every ten).
+open task that nobody holds the lease of and whose rq job is missing (redis lost it), finished or
+failed without the entry saying so (rq's abandoned-job cleanup, a killed work horse) or started more
+than a lease ago. That is how a worker that dies mid-task is noticed: its lease expires long before
+rq's own cleanup of the started-job registry would see it (rq gives an execution at least a minute and
+cleans up every ten). An attempt started that did not finish is then written to the entry (state
+``queued``, the attempts counted and why), or the task is failed when it has no attempts left. When
+redis lost its data, the entry's attempts are what counts.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -57,6 +69,7 @@ import ldap.filter
 import redis
 import rq
 from rq.exceptions import NoSuchJobError
+from redis.commands.core import Script
 from rq.job import Job, JobStatus
 
 from didmos_host.errors import (
@@ -69,6 +82,7 @@ log = logging.getLogger("didmos.tasks.outbox")
 
 STATES = ("pending", "queued", "running", "done", "failed")
 OPEN_STATES = ("pending", "queued", "running")
+OPEN_CONDITION = "(&(objectClass=didmosTask)(|" + "".join(f"(didmosTaskState={state})" for state in OPEN_STATES) + "))"
 #: What the rq job of an outbox task runs: :func:`run_task`, the execution wrapper.
 RUNNER = "didmos_tasks.outbox.run_task"
 DISPATCH_TASK = "didmos_tasks.dispatch"
@@ -89,9 +103,17 @@ WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.
 ATTRIBUTES = ["didmosTaskId", "didmosTaskHandler", "didmosTaskPayload", "didmosTaskState", "didmosTaskAttempts",
               "didmosTaskKey", "didmosTaskError", "didmosTaskResult", "didmosTaskActor", "didmosTaskStarted",
               "didmosTaskFinished", "createTimestamp", "entryCSN"]
-#: What a worker's claim reads back (Post-Read): the new version and attempt count, nothing to decode at length.
-CLAIM_READ_BACK = ["entryCSN", "didmosTaskAttempts"]
 LEASE_PREFIX = "didmos:tasks:lease:"
+ATTEMPTS_PREFIX = "didmos:tasks:attempts:"
+#: How long redis keeps a task's attempt count from an attempt's start: a delivery of the task in that
+#: time after it is over reads the entry and finds it so (later ones come from the dispatcher, which
+#: reads the entry first). A task runs at most its handler's timeout.
+ATTEMPTS_KEEP_AFTER_SECONDS = 86400
+#: ... and after a failed attempt, or a lost one the dispatcher found: until the next attempt, whatever
+#: the back-off.
+ATTEMPTS_KEEP_SECONDS = 30 * 86400
+#: The entry is still open: what every write of an outcome asserts.
+STILL_OPEN = "(|(didmosTaskState=pending)(didmosTaskState=queued))"
 DISPATCHER_LOCK = "didmos:tasks:dispatcher"
 
 
@@ -162,9 +184,27 @@ class DispatchReport:
 
 # -- the lease of a running task ----------------------------------------------------------------------------
 
-# Only the holder may renew or drop a lease: compare the token and act in one step.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Scripts run by their SHA1 (EVALSHA; loaded into redis on first use), each in one step. Only the holder
+# may renew or drop a lease: compare the token and act.
+_RENEW = Script(None, b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+                      b"end return 0")
+_RELEASE = Script(None, b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end "
+                        b"return 0")
+# Take the lease and count the attempt: 0 when another delivery holds the lease, else the number of this
+# attempt. KEYS: lease, attempts; ARGV: token, lease ms, seconds to keep the count.
+_CLAIM = Script(None, b"""
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+local attempt = redis.call('incr', KEYS[2])
+redis.call('expire', KEYS[2], ARGV[3])
+return attempt
+""")
+# Drop the lease when still ours, and keep the attempt count ARGV[2] seconds: an attempt failed and the
+# task waits for the next one, however long its back-off.
+_RELEASE_KEEPING = Script(None, b"""
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+redis.call('expire', KEYS[2], ARGV[2])
+return 1
+""")
 
 
 class Lease:
@@ -176,6 +216,7 @@ class Lease:
     def __init__(self, connection: redis.Redis, task_id: str, seconds: float):
         self.connection = connection
         self.key = LEASE_PREFIX + task_id
+        self.attempts_key = ATTEMPTS_PREFIX + task_id
         self.token = uuid.uuid4().hex
         self.milliseconds = max(int(seconds * 1000), 100)
 
@@ -183,39 +224,85 @@ class Lease:
     def held(connection: redis.Redis, task_id: str) -> bool:
         return bool(connection.exists(LEASE_PREFIX + task_id))
 
-    def acquire(self) -> bool:
-        return bool(self.connection.set(self.key, self.token, nx=True, px=self.milliseconds))
+    def claim(self) -> int:
+        """Take the lease and count an attempt: the attempt's number, or 0 when another delivery holds it.
+
+        The count is kept :data:`ATTEMPTS_KEEP_AFTER_SECONDS`: enough for a task that ends now, and an
+        attempt that fails keeps it longer (:meth:`release`), so a done task costs no second round trip.
+        """
+        return int(_CLAIM(keys=[self.key, self.attempts_key],
+                          args=[self.token, self.milliseconds, ATTEMPTS_KEEP_AFTER_SECONDS], client=self.connection))
 
     def renew(self) -> bool:
-        return bool(self.connection.eval(_RENEW, 1, self.key, self.token, self.milliseconds))
+        return bool(_RENEW(keys=[self.key], args=[self.token, self.milliseconds], client=self.connection))
 
-    def release(self) -> None:
+    def release(self, *, keep_count: bool = False) -> None:
+        """Drop the lease; ``keep_count``: an attempt failed and another may follow, however much later:
+        the attempt count is kept :data:`ATTEMPTS_KEEP_SECONDS`."""
         try:
-            self.connection.eval(_RELEASE, 1, self.key, self.token)
+            if keep_count:
+                _RELEASE_KEEPING(keys=[self.key, self.attempts_key], args=[self.token, ATTEMPTS_KEEP_SECONDS],
+                                 client=self.connection)
+            else:
+                _RELEASE(keys=[self.key], args=[self.token], client=self.connection)
         except redis.RedisError as exc:  # it expires by itself
             log.warning("cannot release the lease %s: %s", self.key, exc)
 
     @contextmanager
     def kept(self) -> Iterator[None]:
-        """Renew the lease every third of its time from a thread while the body runs."""
-        stop = threading.Event()
-
-        def renew():
-            while not stop.wait(self.milliseconds / 3000):
-                try:
-                    if not self.renew():
-                        log.warning("lease %s was lost while its task ran; the task may be delivered again",
-                                    self.key)
-                except redis.RedisError as exc:
-                    log.warning("cannot renew the lease %s: %s", self.key, exc)
-
-        thread = threading.Thread(target=renew, name=f"lease-{self.key}", daemon=True)
-        thread.start()
+        """Have the process's heartbeat renew the lease while the body runs."""
+        _heartbeat.add(self)
         try:
             yield
         finally:
-            stop.set()
-            thread.join(timeout=5)
+            _heartbeat.discard(self)
+
+
+class _Heartbeat:
+    """One thread per process renews every lease held there, each a third of its time after it was taken
+    or last renewed (not a thread per task)."""
+
+    def __init__(self):
+        self._due: dict[str, tuple[float, Lease]] = {}  # lease key -> (when to renew it, the lease)
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def add(self, lease: Lease) -> None:
+        with self._wake:
+            self._due[lease.key] = (time.monotonic() + lease.milliseconds / 3000, lease)
+            # A work horse is a fork: the parent's thread is not there.
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="didmos-lease-heartbeat", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def discard(self, lease: Lease) -> None:
+        with self._wake:
+            if self._due.get(lease.key, (0, None))[1] is lease:
+                del self._due[lease.key]
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [lease for when, lease in self._due.values() if when <= now]
+                if not due:
+                    self._wake.wait(min((when for when, _ in self._due.values()), default=now + 60) - now)
+                    continue
+                for lease in due:
+                    self._due[lease.key] = (now + lease.milliseconds / 3000, lease)
+            for lease in due:  # outside the lock: a slow redis must not hold up the tasks taking leases
+                try:
+                    if not lease.renew() and self._due.get(lease.key, (0, None))[1] is lease:
+                        log.warning("lease %s was lost while its task ran; the task may be delivered again",
+                                    lease.key)
+                except redis.RedisError as exc:
+                    log.warning("cannot renew the lease %s: %s", lease.key, exc)
+
+
+_heartbeat = _Heartbeat()
 
 
 # -- the outbox ------------------------------------------------------------------------------------------------
@@ -286,15 +373,44 @@ class Outbox:
 
     # -- reading ---------------------------------------------------------------------------------------
 
-    def find(self, task_id: str) -> Task | None:
-        """The task, or ``None`` when there is none with that id (or the id is no UUID)."""
+    def find(self, task_id: str, *, live: bool = True) -> Task | None:
+        """The task, or ``None`` when there is none with that id (or the id is no UUID).
+
+        ``live``: as :meth:`live` shows it (running while a worker holds its lease); otherwise the entry.
+        """
         try:
             task_id = str(uuid.UUID(task_id))
         except (ValueError, TypeError, AttributeError):
             return None
         # A plain read, never the entry cache (ldap.cache.*): a compare-and-swap needs the current entryCSN.
         found = self.directory.search(self.dn(task_id), "(objectClass=didmosTask)", ldap.SCOPE_BASE, ATTRIBUTES)
-        return Task.from_entry(found[0]) if found else None
+        if not found:
+            return None
+        task = Task.from_entry(found[0])
+        return self.live([task])[0] if live else task
+
+    def live(self, tasks: list[Task]) -> list[Task]:
+        """The open ones of ``tasks`` as redis knows them: ``running`` while a worker holds the lease, and
+        the attempts started when that is more than the entry records. As they are when redis cannot be
+        reached."""
+        open_tasks = [task for task in tasks if task.state in OPEN_STATES]
+        if not open_tasks:
+            return tasks
+        try:
+            with self.redis.pipeline(transaction=False) as pipeline:
+                for task in open_tasks:
+                    pipeline.exists(LEASE_PREFIX + task.id)
+                    pipeline.get(ATTEMPTS_PREFIX + task.id)
+                answers = pipeline.execute()
+        except redis.RedisError as exc:
+            log.info("task states without redis (%s): as the directory has them", exc)
+            return tasks
+        now = {}
+        for index, task in enumerate(open_tasks):
+            held, started = answers[2 * index], int(answers[2 * index + 1] or 0)
+            now[task.id] = dataclasses.replace(task, state="running" if held else task.state,
+                                               attempts=max(task.attempts, started))
+        return [now.get(task.id, task) for task in tasks]
 
     def get(self, task_id: str) -> Task:
         task = self.find(task_id)
@@ -307,7 +423,9 @@ class Outbox:
         if state is not None and state not in STATES:
             raise DidmosError(f"unknown task state {state!r}; states are {', '.join(STATES)}", status=400)
         condition = "(objectClass=didmosTask)"
-        if state is not None:
+        if state in OPEN_STATES:  # which open task is running, redis knows: read them all, then look
+            condition = OPEN_CONDITION
+        elif state is not None:
             condition = ldap.filter.filter_format("(&(objectClass=didmosTask)(didmosTaskState=%s))", [state])
         limit = min(limit or self.list_limit, self.list_limit)
         found = []
@@ -315,34 +433,30 @@ class Outbox:
         try:
             for entry in entries:
                 found.append(Task.from_entry(entry))
-                if len(found) >= limit:
+                if state not in OPEN_STATES and len(found) >= limit:
                     break
         finally:
             entries.close()  # hands its connection back now, not when the generator is collected
-        return sorted(found, key=lambda task: (task.submitted or "", task.id))
+        found = self.live(found)
+        if state is not None:
+            found = [task for task in found if task.state == state]
+        return sorted(found, key=lambda task: (task.submitted or "", task.id))[:limit]
 
     # -- writing ---------------------------------------------------------------------------------------
 
-    def _change(self, task: Task, *, read: bool = True, **values: Any) -> Task | None:
+    def _change(self, task: Task, **values: Any) -> Task | None:
         """Set ``values`` (attribute suffix after ``didmosTask`` -> value; ``None`` deletes) if the entry
-        is still at ``task.version``. Returns the task as changed, or ``None`` when it changed meanwhile.
-
-        With ``read=False`` nothing is read back (no Post-Read to decode): the worker's last write of an
-        attempt, after which it changes nothing; the ``task`` given is returned on success.
-        """
+        is still at ``task.version``. Returns the task as changed, or ``None`` when it changed meanwhile."""
         changes = []
         for name, value in values.items():
             attr = f"didmosTask{name}"
             changes.append((ldap.MOD_REPLACE, attr, None if value is None else [value]))
         condition = ldap.filter.filter_format("(entryCSN=%s)", [task.version])
         try:
-            entry = self.directory.modify(self.dn(task.id), changes, if_match=condition,
-                                          read_back=ATTRIBUTES if read else None)
+            entry = self.directory.modify(self.dn(task.id), changes, if_match=condition, read_back=ATTRIBUTES)
         except (PreconditionFailed, NotFound):
             return None
-        if not read:
-            return task
-        return Task.from_entry(entry) if entry is not None else self.find(task.id)
+        return Task.from_entry(entry) if entry is not None else self.find(task.id, live=False)
 
     def submit(self, name: str, payload: dict[str, Any] | None = None, *, key: str | None = None,
                actor: Actor | str | None = None) -> Task:
@@ -396,9 +510,16 @@ class Outbox:
 
     def retry(self, task_id: str) -> Task:
         """Start a failed task over, with a fresh set of attempts (409 unless it is failed)."""
-        task = self.get(task_id)
+        task = self.find(task_id, live=False)
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}")
         if task.state != "failed":
             raise DidmosError(f"task {task.id} is {task.state}; only failed tasks can be retried", status=409)
+        try:  # the attempts start over: first forget those redis counted
+            self.redis.delete(ATTEMPTS_PREFIX + task.id)
+        except redis.RedisError as exc:
+            raise Unavailable(f"task {task.id} cannot be retried while redis cannot be reached ({exc}); "
+                              f"nothing was changed") from None
         changed = self._change(task, State="pending", Attempts="0", Finished=None)
         if changed is None:
             raise DidmosError(f"task {task.id} changed while it was being retried; look at it again", status=409)
@@ -460,9 +581,7 @@ class Outbox:
             report.skipped = "another dispatcher is running"
             return report
         try:
-            condition = "(&(objectClass=didmosTask)(|" + "".join(
-                f"(didmosTaskState={state})" for state in OPEN_STATES) + "))"
-            for entry in self.directory.iter_search(self.base_dn, condition, ldap.SCOPE_ONELEVEL, ATTRIBUTES):
+            for entry in self.directory.iter_search(self.base_dn, OPEN_CONDITION, ldap.SCOPE_ONELEVEL, ATTRIBUTES):
                 task = Task.from_entry(entry)
                 try:
                     self._dispatch_one(task, report)
@@ -474,7 +593,7 @@ class Outbox:
             self._purge(report)
         finally:
             try:
-                self.redis.eval(_RELEASE, 1, DISPATCHER_LOCK, token)
+                _RELEASE(keys=[DISPATCHER_LOCK], args=[token], client=self.redis)
             except redis.RedisError:
                 pass
         if report.queued or report.redelivered or report.failed:
@@ -489,30 +608,43 @@ class Outbox:
         if status in WAITING:
             return  # on its way to a worker (a retry after its back-off, too)
         if status == JobStatus.STARTED and job.started_at is not None:
-            started = job.started_at.replace(tzinfo=timezone.utc) if job.started_at.tzinfo is None else job.started_at
-            if (datetime.now(timezone.utc) - started).total_seconds() < self.lease_seconds:
+            began = job.started_at.replace(tzinfo=timezone.utc) if job.started_at.tzinfo is None else job.started_at
+            if (datetime.now(timezone.utc) - began).total_seconds() < self.lease_seconds:
                 return  # a worker just took it and is about to take the lease
-        if task.state == "pending":
-            # Not in redis (it was down at submit, or lost the job), or a delivery that ended before its
-            # claim: queue it. No attempt was started, so none is counted and the state stays.
+        # Read after the lease and the job: an attempt that took the lease since is counted here.
+        counted = self.redis.get(ATTEMPTS_PREFIX + task.id)
+        started = max(task.attempts, int(counted or 0))
+        if task.state != "running" and started == task.attempts:
+            # No attempt was lost: not in redis (it was down at submit, or lost the job), a delivery
+            # that ended before its claim, or a retry whose job redis lost. Queue it again, after
+            # giving redis back the attempts the entry counts when redis forgot them.
+            if counted is None and task.attempts and not self._count(task.id, task.attempts, only_new=True):
+                return  # an attempt was counted just now: it is being run
             if self._queue(task, replace=job is not None):
-                report.queued += 1
+                if task.state == "pending":
+                    report.queued += 1
+                else:
+                    report.redelivered += 1
             return
-        # Lost: the worker died (no lease), redis forgot the job, or rq gave up on it (abandoned).
-        if task.state == "running":
-            why = f"attempt {task.attempts} did not finish: its worker stopped without a result (killed?)"
-        else:
-            why = f"its job was {status.value if status else 'lost'} in redis without the task being run"
-        if task.attempts >= self._deliveries(task.name):
-            if self._change(task, State="failed", Error=f"{why}; no attempts left", Finished=_now()):
+        # Lost: a worker took the task and stopped without an outcome (killed: no lease any more), or
+        # rq gave up on its job (abandoned).
+        why = f"attempt {started} did not finish: its worker stopped without a result (killed?)"
+        if started >= self._deliveries(task.name):
+            if self._change(task, State="failed", Attempts=str(started), Error=f"{why}; no attempts left",
+                            Finished=_now()):
                 report.failed += 1
             return
-        changed = self._change(task, State="queued", **({"Error": why} if task.state == "running" else {}))
+        changed = self._change(task, State="queued", Attempts=str(started), Error=why)
         if changed is None:
             return  # someone else acted on it meanwhile
         log.warning("task %s delivered again: %s", task.id, why)
+        self._count(task.id, started)  # the next attempt is the one after (redis may not have counted this one)
         if self._queue(changed, replace=True):
             report.redelivered += 1
+
+    def _count(self, task_id: str, attempts: int, *, only_new: bool = False) -> bool:
+        """Set the attempts redis counts for the task (``only_new``: unless it counts some); False when not set."""
+        return bool(self.redis.set(ATTEMPTS_PREFIX + task_id, attempts, nx=only_new, ex=ATTEMPTS_KEEP_SECONDS))
 
     def _purge(self, report: DispatchReport) -> None:
         if not self.keep_done_seconds:
@@ -532,97 +664,85 @@ class Outbox:
     def execute(self, job: Job) -> Any:
         """Run the task of ``job`` (the job id is the task id) at most once in effect.
 
-        Takes the lease (another live delivery holds it: return), claims the entry (done or failed
-        already: return), runs the handler, and records the outcome. A failed attempt with attempts left
-        is scheduled again after the handler's back-off through rq's retry; with none left the task is
-        failed and rq does not retry it.
+        Takes the lease and counts the attempt in redis (another live delivery holds it: return); a
+        delivery that is not the task's first attempt reads the entry first (over already: return; no
+        attempts left: fail it); runs the handler; and writes the outcome, asserting the entry is still
+        open. A failed attempt with attempts left is scheduled again after the handler's back-off
+        through rq's retry; with none left the task is failed and rq does not retry it.
         """
         # The job's own connection: the work horse has it open already.
         lease = Lease(job.connection, job.id, self.lease_seconds)
-        if not lease.acquire():
+        attempt = lease.claim()
+        if not attempt:
             log.info("task %s is being run by another worker; this delivery does nothing", job.id)
             return None
-        try:
-            task = self._claim(job)
-            if task is None or task.state != "running":
-                return task.result if task is not None else None
-            handler = self._handler(task.name)
+        name, payload = job.args[0], job.args[1]  # what the entry was queued with (neither changes)
+        task = Task(id=job.id, name=name, payload=payload, state="running", attempts=attempt, started=_now())
+        if attempt > 1:
             try:
-                with lease.kept():
-                    if handler is None:
-                        raise DidmosError(f"this worker has no task handler named {task.name!r}; is the plugin that "
-                                          f"registers it installed and enabled where `didmos worker` runs?")
-                    result = handler.function(task.payload, TaskContext(host=self.host, job_id=task.id))
-            except Exception as exc:
-                self._attempt_failed(task, handler, exc, job)
+                found = self._before_another_attempt(task)
+            except BaseException:
+                lease.release(keep_count=True)
                 raise
-            if self._change(task, read=False, State="done", Finished=_now(), Result=_result_json(result),
-                            Error=None) is None:
-                log.warning("task %s was delivered again while this attempt ran; its entry is left to that delivery",
-                            task.id)
-            return result
-        finally:
-            lease.release()
-
-    def _claim(self, job: Job) -> Task | None:
-        """The task marked running with one more attempt; or, when there is nothing to run, the task as it
-        is (done, failed) or ``None`` (no entry).
-
-        One modify does it in the common case: state ``running``, ``MOD_INCREMENT`` of the attempts
-        (RFC 4525) and the start time, asserting that the task is ``pending`` or ``queued`` with
-        attempts left, the new attempt count and ``entryCSN`` read back (Post-Read). Of two claimers
-        one wins: the other's assertion fails on ``running``. The job carries the handler name and the
-        payload the entry was queued with (neither changes), so nothing else is read. A failed
-        assertion (done, failed, no attempts left, or ``running`` after a worker died: this delivery
-        holds the lease, so nobody else runs it) takes the slow way: read, decide, compare-and-swap.
-        """
+            if found is not None:
+                return found.result  # the lease expires by itself: the task is over
+        handler = self._handler(task.name)
         try:
-            claimed = self._claim_at_once(job.id, job.args[0], job.args[1])
-        except NotFound:
-            log.warning("task %s has no entry in the outbox (deleted?); nothing to run", job.id)
-            return None
-        return claimed if claimed is not None else self._claim_slowly(job.id)
-
-    def _claim_at_once(self, task_id: str, name: str, payload: dict[str, Any]) -> Task | None:
-        """The one-modify claim of :meth:`_claim`: the task running, or ``None`` when its assertion failed
-        (not ``pending`` or ``queued``, or no attempts left). :class:`NotFound` when there is no entry."""
-        now = _now()
-        condition = ("(&(|(didmosTaskState=pending)(didmosTaskState=queued))"
-                     f"(didmosTaskAttempts<={self._deliveries(name) - 1}))")
+            with lease.kept():
+                if handler is None:
+                    raise DidmosError(f"this worker has no task handler named {task.name!r}; is the plugin that "
+                                      f"registers it installed and enabled where `didmos worker` runs?")
+                result = handler.function(task.payload, TaskContext(host=self.host, job_id=task.id))
+        except Exception as exc:
+            try:
+                self._attempt_failed(task, handler, exc, job)
+            finally:
+                lease.release(keep_count=True)  # the next attempt may come at once
+            raise
+        except BaseException:  # the job's timeout (rq's alarm), the worker stopping: an attempt lost
+            lease.release(keep_count=True)
+            raise
+        # The lease is not dropped: once the outcome is written nothing runs the task again, and it
+        # expires by itself (one redis round trip less per task).
         try:
-            entry = self.directory.modify(
-                self.dn(task_id), [(ldap.MOD_REPLACE, "didmosTaskState", ["running"]),
-                                   (ldap.MOD_INCREMENT, "didmosTaskAttempts", ["1"]),
-                                   (ldap.MOD_REPLACE, "didmosTaskStarted", [now])],
-                if_match=condition, read_back=CLAIM_READ_BACK)
-        except PreconditionFailed:
-            return None
-        if entry is None or not entry.first("entryCSN"):
-            return self.find(task_id)  # a directory without Post-Read: read it
-        return Task(id=task_id, name=name, payload=payload, state="running",
-                    attempts=int(entry.first("didmosTaskAttempts")), started=_iso(now),
-                    version=entry.first("entryCSN"))
+            recorded = self._record(task, State="done", Finished=_now(), Result=_result_json(result), Error=None)
+        except BaseException:  # the directory is down: rq's retry or the dispatcher delivers it again
+            lease.release(keep_count=True)
+            raise
+        if not recorded:
+            log.warning("task %s was over before this attempt recorded its outcome (delivered again "
+                        "meanwhile, or its entry was deleted); its entry is left as it is", task.id)
+        return result
 
-    def _claim_slowly(self, task_id: str) -> Task | None:
-        """:meth:`_claim` by reading first: for a task that the one-modify claim could not take."""
-        for attempt in range(10):
-            if attempt:
-                time.sleep(0.05 * attempt)  # someone else changed it just now (or a replica lags): look again
-            task = self.find(task_id)
-            if task is None:
-                log.warning("task %s has no entry in the outbox (deleted?); nothing to run", task_id)
-                return None
-            if task.state in ("done", "failed"):
-                log.info("task %s is %s already; this delivery does nothing", task_id, task.state)
-                return task
-            if task.attempts >= self._deliveries(task.name):
-                why = task.error or "its attempts did not finish"
-                return self._change(task, State="failed", Error=f"{why}; no attempts left", Finished=_now()) or task
-            claimed = self._change(task, State="running", Attempts=str(task.attempts + 1), Started=_now(),
-                                   Finished=None)
-            if claimed is not None:
-                return claimed
-        raise DidmosError(f"task {task_id}: its entry kept changing while this worker tried to claim it")
+    def _before_another_attempt(self, task: Task) -> Task | None:
+        """For a delivery that is not the task's first attempt: the task as it is when there is nothing to
+        run (done, failed, no entry, or failed now for want of attempts); ``None``: run it."""
+        found = self.find(task.id, live=False)
+        if found is None:
+            log.warning("task %s has no entry in the outbox (deleted?); nothing to run", task.id)
+            return Task(id=task.id, name=task.name, payload=task.payload, state="failed", attempts=task.attempts)
+        if found.state in ("done", "failed"):
+            log.info("task %s is %s already; this delivery does nothing", task.id, found.state)
+            return found
+        if task.attempts > self._deliveries(task.name):
+            why = found.error or "its attempts did not finish"
+            self._record(task, State="failed", Error=f"{why}; no attempts left", Finished=_now())
+            log.warning("task %s failed: attempt %d would be one too many (%s)", task.id, task.attempts, why)
+            return found
+        return None
+
+    def _record(self, task: Task, **values: Any) -> bool:
+        """Write the outcome of ``task``'s attempt (attempts counted, its start, ``values``) if the entry is
+        still open; False when it is not (another delivery's outcome, or no entry)."""
+        changes = [(ldap.MOD_REPLACE, "didmosTaskAttempts", [str(task.attempts)]),
+                   (ldap.MOD_REPLACE, "didmosTaskStarted", [task.started])]
+        for name, value in values.items():
+            changes.append((ldap.MOD_REPLACE, f"didmosTask{name}", None if value is None else [value]))
+        try:
+            self.directory.modify(self.dn(task.id), changes, if_match=STILL_OPEN)
+        except (PreconditionFailed, NotFound):
+            return False
+        return True
 
     def _attempt_failed(self, task: Task, handler: TaskHandler | None, exc: Exception, job: Job) -> None:
         """Record a failed attempt; tell rq whether (and after how long) to run the job again."""
@@ -630,16 +750,16 @@ class Outbox:
         permanent = isinstance(exc, PermanentTaskError)
         if permanent or task.attempts > self._retries(task.name):
             job.retries_left = 0
-            changed = self._change(task, read=False, State="failed", Error=error, Finished=_now())
+            self._record(task, State="failed", Error=error, Finished=_now())
             log.warning("task %s failed for good after %d attempts%s: %s", task.id, task.attempts,
                         " (the handler says retrying cannot help)" if permanent else "", error)
-        else:
-            # The entry decides, not rq's own count (a delivery after a crash starts rq's count afresh).
-            job.retries_left = 1
-            job.retry_intervals = [_interval(handler, task.attempts)]
-            changed = self._change(task, read=False, State="queued", Error=error)
-        if changed is None:
-            job.retries_left = 0  # delivered again meanwhile: that delivery owns the task now
+            return
+        # The entry and the count in redis decide, not rq's own count (a delivery after a crash starts
+        # rq's count afresh).
+        job.retries_left = 1
+        job.retry_intervals = [_interval(handler, task.attempts)]
+        if not self._record(task, State="queued", Error=error):
+            job.retries_left = 0  # over meanwhile (delivered again and done): nothing to retry
 
 
 # -- module-level entry points ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from didmos_host.testing import wait_for
+from didmos_tasks.outbox import LEASE_PREFIX, Lease
 
 HERE = Path(__file__).parent
 #: A worker as `didmos worker` runs it, with the test handlers (outbox_handlers.py, on PYTHONPATH) loaded.
@@ -133,7 +134,8 @@ work = outbox_handlers.burst_worker
 
 def test_a_task_whose_job_rq_gave_up_on_is_delivered_again(host, overrides, tmp_path):
     """What rq's cleanup of its started-job registry does, minutes after a worker died: the job moves to the
-    failed registry as abandoned, while the entry still says running."""
+    failed registry as abandoned, while the entry still says running (as earlier versions claimed a task:
+    an upgrade must not strand their tasks)."""
     outbox = host.service("outbox")
     log = tmp_path / "runs.log"
     task = outbox.submit("test.flaky", {"log": str(log), "fail_while": str(tmp_path / "no-such-flag")})
@@ -170,6 +172,52 @@ def test_tasks_redis_forgot_are_queued_again(host, overrides, own_redis, tmp_pat
     assert sorted(log.read_text().split()) == sorted(task.id for task in tasks)
 
 
+def test_attempts_recorded_in_the_entry_count_when_redis_forgot_them(host, overrides, own_redis, tmp_path):
+    """A failed attempt is written to the entry; redis restarted empty then forgot its count and the job: the
+    dispatcher gives redis the entry's count back, so the next attempt is the second, not a first again."""
+    outbox = host.service("outbox")
+    log, flag = tmp_path / "runs.log", tmp_path / "fail"
+    flag.touch()
+    task = outbox.submit("test.flaky-slowly", {"log": str(log), "fail_while": str(flag)})
+    work(overrides)  # attempt 1 fails; rq would run it again in 30 s
+    failed_once = outbox.get(task.id)
+    assert (failed_once.state, failed_once.attempts) == ("queued", 1)
+    own_redis.stop()
+    own_redis.start()  # no persistence: empty
+    flag.unlink()
+
+    work(overrides)
+
+    done = outbox.get(task.id)
+    assert (done.state, done.attempts) == ("done", 2)
+    assert log.read_text().split() == [task.id] * 2
+
+
+def test_a_retry_needs_redis_and_changes_nothing_without_it(host, overrides, own_redis, tmp_path):
+    """retry forgets the attempts redis counted before the entry starts over; without redis it is refused."""
+    from didmos_host.errors import Unavailable
+
+    outbox = host.service("outbox")
+    task = outbox.submit("test.refuse", {"log": str(tmp_path / "runs.log"), "why": "no"})
+    work(overrides)
+    failed = outbox.get(task.id)
+    assert failed.state == "failed"
+    own_redis.stop()
+    try:
+        with pytest.raises(Unavailable, match="cannot be retried while redis cannot be reached"):
+            outbox.retry(task.id)
+        assert outbox.find(task.id, live=False) == failed
+    finally:
+        own_redis.start()
+
+
+def die_mid_task(connection, task_id: str, attempt: int) -> None:
+    """What a worker that takes the task and is killed leaves behind, once its lease has expired."""
+    assert Lease(connection, task_id, 60).claim() == attempt
+    connection.delete(LEASE_PREFIX + task_id)
+    Job.fetch(task_id, connection=connection).delete()
+
+
 def test_a_task_whose_worker_keeps_dying_fails_once_its_attempts_are_used(host, overrides):
     """A task that kills its worker every time (out of memory, say) must not be delivered for ever; but a
     crash does not use up the only attempt of a handler without retries: it is delivered again, up to
@@ -179,14 +227,15 @@ def test_a_task_whose_worker_keeps_dying_fails_once_its_attempts_are_used(host, 
     outbox = host.service("outbox")
     task = outbox.submit("test.record", {"log": "/dev/null"})
     connection = redis.Redis.from_url(overrides["redis"]["url"])
-    # test.record allows one attempt (retries=0); a worker claims it and dies, again and again.
+    # test.record allows one attempt (retries=0); a worker claims it (lease and count in redis, nothing
+    # written to the entry) and dies, again and again: its lease expires (deleted here), its job stays started.
     for attempt in range(1, LOST_ATTEMPTS_ALLOWED + 1):
-        task = outbox._change(outbox.get(task.id), State="running", Attempts=str(attempt))
-        Job.fetch(task.id, connection=connection).delete()
+        die_mid_task(connection, task.id, attempt)
         assert outbox.dispatch().redelivered == 1  # delivered again despite retries=0
-        assert outbox.get(task.id).state == "queued"
-    task = outbox._change(outbox.get(task.id), State="running", Attempts=str(LOST_ATTEMPTS_ALLOWED + 1))
-    Job.fetch(task.id, connection=connection).delete()
+        queued = outbox.get(task.id)
+        assert (queued.state, queued.attempts) == ("queued", attempt)
+        assert queued.error == f"attempt {attempt} did not finish: its worker stopped without a result (killed?)"
+    die_mid_task(connection, task.id, LOST_ATTEMPTS_ALLOWED + 1)
 
     assert outbox.dispatch().failed == 1
     failed = outbox.get(task.id)

@@ -20,7 +20,7 @@ from didmos_host.errors import AlreadyExists, DidmosError
 from didmos_host.host import Host
 from didmos_host.tasks import enqueue, run_worker
 from didmos_host.testing import SUPERADMIN_ID, SUPERADMIN_PASSWORD, basic_auth
-from didmos_tasks.outbox import RUNNER, submit
+from didmos_tasks.outbox import RUNNER, Lease, submit
 
 ADMIN = basic_auth(SUPERADMIN_ID, SUPERADMIN_PASSWORD)
 
@@ -103,27 +103,32 @@ def test_a_delivery_that_finds_its_task_done_does_nothing(host, overrides, tmp_p
     assert runs(log) == [task.id]
 
 
-def test_of_claimers_racing_for_one_task_exactly_one_wins(host, tmp_path):
-    """The claim is one modify asserting pending-or-queued: of four at once, one gets the task, with one
-    attempt counted (MOD_INCREMENT); the others' assertion fails on running."""
+def test_of_claimers_racing_for_one_task_exactly_one_wins(host, overrides, tmp_path):
+    """The claim takes the lease and counts the attempt in one redis script: of four deliveries at once,
+    one gets attempt 1, the others nothing; the task shows running with one attempt while the lease is held,
+    and no LDAP write was made for it."""
     outbox = host.service("outbox")
     task = outbox.submit("test.record", {"log": str(tmp_path / "runs.log")})
+    connection = redis.Redis.from_url(overrides["redis"]["url"])
     start, results = threading.Barrier(4), []
 
     def claim():
         start.wait()
-        results.append(outbox._claim_at_once(task.id, task.name, task.payload))
+        results.append(Lease(connection, task.id, 30).claim())
 
     threads = [threading.Thread(target=claim) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    [winner] = [result for result in results if result is not None]
-    assert (winner.state, winner.attempts) == ("running", 1) and results.count(None) == 3
-    stored = outbox.get(task.id)
-    assert (stored.state, stored.attempts, stored.version) == ("running", 1, winner.version)
-    assert outbox._claim_at_once(task.id, task.name, task.payload) is None  # running: nobody else claims it
+    assert sorted(results) == [0, 0, 0, 1]
+    shown = outbox.get(task.id)
+    assert (shown.state, shown.attempts) == ("running", 1)
+    stored = outbox.find(task.id, live=False)
+    assert (stored.state, stored.attempts, stored.version) == ("pending", 0, task.version)
+    assert [t.id for t in outbox.list(state="running")] == [task.id] and task.id not in [
+        t.id for t in outbox.list(state="pending")]
+    assert Lease(connection, task.id, 30).claim() == 0  # held: nobody else takes it
 
 
 def test_an_idempotency_key_gives_one_task(host, tmp_path):
