@@ -267,16 +267,20 @@ class _Heartbeat:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
+        self._until = 0.0  # when the thread wakes up next by itself
 
     def add(self, lease: Lease) -> None:
         with self._wake:
-            self._due[lease.key] = (time.monotonic() + lease.milliseconds / 3000, lease)
+            due = time.monotonic() + lease.milliseconds / 3000
+            self._due[lease.key] = (due, lease)
             # A work horse is a fork: the parent's thread is not there.
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
+                self._until = 0.0
                 self._thread = threading.Thread(target=self._run, name="didmos-lease-heartbeat", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            elif due < self._until:  # (not per task: leases of one process are as long, so rarely)
+                self._wake.notify()
 
     def discard(self, lease: Lease) -> None:
         with self._wake:
@@ -289,7 +293,8 @@ class _Heartbeat:
                 now = time.monotonic()
                 due = [lease for when, lease in self._due.values() if when <= now]
                 if not due:
-                    self._wake.wait(min((when for when, _ in self._due.values()), default=now + 60) - now)
+                    self._until = min((when for when, _ in self._due.values()), default=now + 60)
+                    self._wake.wait(self._until - now)
                     continue
                 for lease in due:
                     self._due[lease.key] = (now + lease.milliseconds / 3000, lease)

@@ -6,6 +6,7 @@ horse per job, as ``didmos worker`` does.
 """
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -184,3 +185,19 @@ def test_submitting_over_the_api(client, tmp_path):
     assert client.post("/tasks/v1/tasks", json={"name": "nope"}, headers=ADMIN).status_code == 400
     assert client.post("/tasks/v1/tasks", json={"payload": {}}, headers=ADMIN).status_code == 422
     assert client.post("/tasks/v1/tasks", json=body).status_code == 401
+
+
+def test_one_heartbeat_keeps_every_lease_of_a_process_and_only_while_held(overrides):
+    """Leases of 0.3 s held for 1.2 s by two tasks of one process stay held (renewed every 0.1 s by one
+    thread); one given up is left to expire."""
+    connection = redis.Redis.from_url(overrides["redis"]["url"])
+    first, second = (Lease(connection, str(uuid.uuid4()), 0.3) for _ in range(2))
+    assert first.claim() == 1 and second.claim() == 1
+    with first.kept():
+        with second.kept():
+            time.sleep(0.6)
+            assert connection.exists(first.key, second.key) == 2
+        time.sleep(0.6)
+        assert connection.exists(first.key) == 1 and not connection.exists(second.key)
+    threads = [thread for thread in threading.enumerate() if thread.name == "didmos-lease-heartbeat"]
+    assert len(threads) == 1
