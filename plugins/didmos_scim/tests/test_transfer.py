@@ -14,6 +14,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -333,10 +334,11 @@ def many_users(path: Path, prefix: str, count: int) -> Path:
 
 @pytest.mark.parametrize("point", ["after-add", "after-done"])
 def test_resume_after_a_crash_imports_every_row_once(own, tmp_path, prefix, point):
-    # 120 rows, the crash at the 70th: past the first uniqueness check of a batch (importer.CONFIRM_BATCH
-    # rows), so some rows are done, some added and not yet checked, some never sent
+    # 120 rows, the crash at the 70th: past the first uniqueness check of a batch (50 rows here), so some
+    # rows are done, some added and not yet checked, some never sent
     path = many_users(tmp_path / "users.jsonl", prefix, 120)
-    crashed = own.subprocess("import", path, "--workers", "3", env={"DIDMOS_IMPORT_CRASH": f"{point}:70"})
+    crashed = own.subprocess("import", path, "--workers", "3",
+                             env={"DIDMOS_IMPORT_CRASH": f"{point}:70", "DIDMOS_IMPORT_CONFIRM_BATCH": "50"})
     assert crashed.returncode == 70, crashed.stderr
     assert 70 <= len(own.users(prefix)) < 120
     resumed = own.run(import_command, path, "--resume", "--workers", "3")
@@ -352,7 +354,8 @@ def test_resume_after_sigkill(own, tmp_path, prefix):
     path = many_users(tmp_path / "users.jsonl", prefix, 400)
     state = tmp_path / "users.state"
     process = subprocess.Popen([sys.executable, "-m", "didmos_host.cli", "import", str(path), "--state", str(state)],
-                               env={**os.environ, **own.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env={**os.environ, **own.env, "DIDMOS_IMPORT_CONFIRM_BATCH": "50"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not state.exists() or state.read_text().count('"done"') < 50:
         assert process.poll() is None, process.communicate()
@@ -501,8 +504,8 @@ def test_a_directory_that_goes_away_stops_the_run_and_resume_finishes_it(tmp_pat
         path = many_users(tmp_path / "users.jsonl", prefix, 300)
         state = tmp_path / "users.state"
         process = subprocess.Popen([sys.executable, "-m", "didmos_host.cli", "import", str(path), "--state", str(state)],
-                                   env={**os.environ, **directory.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                   env={**os.environ, **directory.env, "DIDMOS_IMPORT_CONFIRM_BATCH": "20"},
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while not state.exists() or state.read_text().count('"done"') < 40:
             assert process.poll() is None, process.communicate()
@@ -629,7 +632,8 @@ class Rival:
             self.yields = False
 
 
-def run_import(directory: Directory, tmp_path: Path, rows: list[dict], *plugins, workers: int = 2):
+def run_import(directory: Directory, tmp_path: Path, rows: list[dict], *plugins, workers: int = 2,
+               confirm_batch: int | None = None):
     """An ImportRun in this process, on a host with ``plugins`` as well: (summary, report records, run)."""
     from didmos_scim.importer import ImportRun, Report, StateFile
     from didmos_scim.transfer import read_rows
@@ -642,7 +646,7 @@ def run_import(directory: Directory, tmp_path: Path, rows: list[dict], *plugins,
     records: list[dict] = []
     report = Report(None, lambda line: None)
     report.add = records.append
-    run = ImportRun(host, directory.admin, state, report, workers=workers)
+    run = ImportRun(host, directory.admin, state, report, workers=workers, confirm_batch=confirm_batch)
     try:
         summary = run.run(read_rows(str(path), "scim", _types(host, None), None))
     finally:
@@ -666,6 +670,58 @@ def test_import_keeps_one_holder_when_an_add_races_with_its_row(racing, tmp_path
         assert holders(racing, f"{prefix}3") == [plugin.dn]
     for i in (0, 1, 2, 4, 5, 6):
         assert len(holders(racing, f"{prefix}{i}")) == 1
+
+
+class AddsInFlight:
+    """Counts the import's adds under way when each uniqueness check (a search of userNames) starts."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.adding = 0
+        self.checks: list[tuple[int, int]] = []  # (adds in flight, userNames searched) per check
+
+    @hookimpl
+    def didmos_ldap_pre_operation(self, operation, actor):
+        with self.lock:
+            if operation.kind == "add":
+                self.adding += 1
+            elif operation.kind == "search" and operation.attributes == ["uid"] and "(uid=" in str(operation.filter):
+                self.checks.append((self.adding, str(operation.filter).count("(uid=")))
+
+    @hookimpl
+    def didmos_ldap_post_operation(self, operation, result, actor):
+        if operation.kind == "add":
+            with self.lock:
+                self.adding -= 1
+
+
+def test_the_uniqueness_check_runs_per_batch_while_no_add_is_in_flight(racing, tmp_path, prefix):
+    """The check after the adds waits for confirm_batch rows and for the adds in flight: a search among
+    the adds made slapd's work per add dearer (bench/README.md, import.py)."""
+    from didmos_scim import importer
+
+    assert importer.CONFIRM_BATCH == 1000
+    probe = AddsInFlight()
+    summary, records, run = run_import(racing, tmp_path, [{"userName": f"{prefix}{i}"} for i in range(45)], probe,
+                                       workers=3, confirm_batch=10)
+    assert (summary.imported, summary.rejected) == (45, 0), records
+    assert run.confirm_batch == 10
+    assert probe.checks and all(adding == 0 for adding, _ in probe.checks), probe.checks
+    searched = [names for _, names in probe.checks]
+    assert sum(searched) == 45 and all(names >= 10 for names in searched[:-1]), searched
+    assert len(searched) <= 5  # every 10 rows or a few more (those in flight at the time), and the rest
+    assert len(racing.users(prefix)) == 45
+
+
+def test_the_confirm_batch_is_read_from_the_environment(racing, tmp_path, prefix, monkeypatch):
+    monkeypatch.setenv("DIDMOS_IMPORT_CONFIRM_BATCH", "7")
+    probe = AddsInFlight()
+    summary, _, run = run_import(racing, tmp_path, [{"userName": f"{prefix}{i}"} for i in range(20)], probe)
+    assert summary.imported == 20 and run.confirm_batch == 7
+    assert len(probe.checks) >= 2 and all(adding == 0 for adding, _ in probe.checks)
+    monkeypatch.setenv("DIDMOS_IMPORT_CONFIRM_BATCH", "many")  # not a number: the default
+    _, _, run = run_import(racing, tmp_path, [{"userName": f"{prefix}x"}])
+    assert run.confirm_batch == 1000
 
 
 class ActorReads:
