@@ -371,7 +371,7 @@ class Outbox:
         return handler.retries if handler is not None else DEFAULT_RETRIES
 
     def _deliveries(self, name: str) -> int:
-        """How many attempts a task may start in all (the limit its claim asserts): its retries + 1, and
+        """How many attempts a task may start in all: its retries + 1, and
         at least :data:`LOST_ATTEMPTS_ALLOWED` + 1, so that a worker killed mid-task does not use up a
         handler's only attempt (a handler's own failures still count against its retries alone)."""
         return max(self._retries(name), LOST_ATTEMPTS_ALLOWED) + 1
@@ -471,9 +471,9 @@ class Outbox:
         queues it once redis is back. With ``key``, one task per handler and key: submitting again
         returns the first (409 when the payload differs).
 
-        Two LDAP-free steps keep this cheap: the entry stays ``pending`` once queued (a worker claims a
-        ``pending`` task as it claims a ``queued`` one, and the dispatcher queues a pending task only
-        when redis does not hold its job), and only ``createTimestamp`` and ``entryCSN`` are read back.
+        This is the task's only directory write until its outcome: the entry stays ``pending`` once
+        queued (running it is counted in redis, and the dispatcher queues a pending task only when redis
+        does not hold its job), and only ``createTimestamp`` and ``entryCSN`` are read back.
         """
         payload = {} if payload is None else payload
         validate(self.host, name, payload)
@@ -621,7 +621,7 @@ class Outbox:
         started = max(task.attempts, int(counted or 0))
         if task.state != "running" and started == task.attempts:
             # No attempt was lost: not in redis (it was down at submit, or lost the job), a delivery
-            # that ended before its claim, or a retry whose job redis lost. Queue it again, after
+            # that ended before it took the lease, or a retry whose job redis lost. Queue it again, after
             # giving redis back the attempts the entry counts when redis forgot them.
             if counted is None and task.attempts and not self._count(task.id, task.attempts, only_new=True):
                 return  # an attempt was counted just now: it is being run
