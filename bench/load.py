@@ -26,8 +26,16 @@ task is done.
 
 Last line, JSON: ``steady_req_per_s``, ``faults_req_per_s``, ``fault_throughput_ratio`` (faults /
 steady, higher is better), p50/p99 per operation in the steady phase, ``errors_5xx`` (5xx other than
-503, target 0), ``unavailable_503`` (during faults), ``lost_writes`` (target 0), ``lost_tasks``
-(target 0), ``converge_ms``.
+503, target 0), ``unavailable_503`` (during faults), ``lost_writes`` (target 0; each acknowledged write
+missing counts once per provider), ``lost_tasks`` (target 0), ``converge_ms``,
+``replication_lag_p50_ms``/``_p99_ms``/``_max_ms`` (how long provider 2 took to hold provider 1's
+latest change, sampled every 0.1 s: the window of writes a kill -9 of provider 1 can lose), and, when
+member adds were lost, ``lost_<kind>``: how each lost member add was lost, found in both providers'
+``cn=accesslog`` (``unreplicated-at-kill``: made on provider 1, not yet replicated when it was killed;
+``both-providers``: overwritten by a change to the group made at the same time on the other provider;
+``stale-provider``: overwritten by a later change made on a provider that did not have it yet).
+``--explain`` prints each loss and the nodes' LDAP failovers, failbacks and writer switches; ``--logs
+DIR`` keeps the slapd, node and worker logs.
 
     .venv/bin/python bench/load.py                       # about a minute
     .venv/bin/python bench/load.py --seconds 120 --clients 16
@@ -90,6 +98,8 @@ class Ledger:
     members: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # group id -> user ids
     tasks: list[str] = field(default_factory=list)
     task_errors: Counter = field(default_factory=Counter)
+    #: every acknowledged member add: (group id, user id, node that answered, wall-clock start, end)
+    member_adds: list[tuple[str, str, int, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +129,7 @@ class Client:
         self.owned: list[Owned] = []
         self.random = random.Random(index)
         self.stats = Stats()
+        self.answered_by = self.home  # the node that answered the last request
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -152,6 +163,7 @@ class Client:
                     continue
             if attempt:
                 self.stats.failovers += 1
+            self.answered_by = node
             try:
                 return status, json.loads(raw) if raw else None
             except ValueError:
@@ -220,11 +232,13 @@ class Client:
         if not live:
             return self.create()
         user, group = self.random.choice(live), self.random.choice(self.groups)
+        started = time.time()
         status, _ = self.timed("member", "PATCH", f"/scim/v2/Groups/{group}", {
             "schemas": [PATCH_SCHEMA], "Operations": [{"op": "add", "path": "members", "value": [{"value": user.id}]}]})
         if status in (200, 204):
             with self.ledger.lock:
                 self.ledger.members[group].add(user.id)
+                self.ledger.member_adds.append((group, user.id, self.answered_by, started, time.time()))
 
     def read(self) -> None:
         live = self.live()
@@ -259,9 +273,17 @@ class Stack:
         self.worker = None
         self.events: list[str] = []
         self.started = time.monotonic()
+        self.wall_started = time.time()
+        self.wall_events: list[tuple[float, str]] = []
+        self.csn_samples: list[tuple[float, str, str]] = []
 
     def note(self, text: str) -> None:
+        self.wall_events.append((time.time(), text))
         self.events.append(f"{time.monotonic() - self.started:7.1f}s  {text}")
+
+    def at(self, wall: float) -> str:
+        """A wall-clock time as seconds since the stack started (the scale of the events)."""
+        return f"{wall - self.wall_started:7.2f}s"
 
     def start_api(self, node: int, port: int | None = None) -> None:
         api, port = start_api(self.overrides[node], self.root / f"node{node + 1}", workers=self.workers,
@@ -344,6 +366,50 @@ def submit_tasks(host, until: float, ledger: Ledger) -> None:
         time.sleep(0.2)
 
 
+def _csn_seconds(csn: str) -> float:
+    import calendar
+
+    return calendar.timegm(time.strptime(csn[:14], "%Y%m%d%H%M%S")) + float("0" + csn[14:csn.index("Z")])
+
+
+def sample_replication(providers, until: float, samples: list) -> None:
+    """Every 0.1 s: provider 1's and provider 2's contextCSN for provider 1's server id (the changes
+    made on provider 1), for :func:`replication_lags`. Skips a sample while a provider is down."""
+    import ldap
+
+    conns: dict[int, object] = {}
+    while time.monotonic() < until:
+        row = [time.time()]
+        for index, server in enumerate(providers):
+            try:
+                if index not in conns:
+                    conns[index] = server.admin_connection()
+                [(_, attrs)] = conns[index].search_s(server.suffix, ldap.SCOPE_BASE, "(objectClass=*)", ["contextCSN"])
+                row.append(next((v.decode() for v in attrs.get("contextCSN", []) if b"#001#" in v), ""))
+            except ldap.LDAPError:
+                conns.pop(index, None)
+                row.append(None)
+        if None not in row:
+            samples.append(tuple(row))
+        time.sleep(0.1)
+    for conn in conns.values():
+        conn.unbind_s()
+
+
+def replication_lags(samples: list) -> list[float]:
+    """For each sample: seconds until provider 2 held provider 1's latest change of that moment (0.1 s
+    resolution); only while provider 1 took writes."""
+    lags = []
+    for i, (at, one, two) in enumerate(samples):
+        if not one or one <= two:
+            lags.append(0.0)
+            continue
+        later = next((t for t, _, other in samples[i + 1:] if other >= one), None)
+        if later is not None:
+            lags.append(later - at)
+    return lags
+
+
 def run_phase(name: str, stack: Stack, clients: list[Client], seconds: float, host, ledger: Ledger,
               faults: list | None, down: float) -> tuple[Stats, float, float]:
     until = time.monotonic() + seconds
@@ -351,6 +417,7 @@ def run_phase(name: str, stack: Stack, clients: list[Client], seconds: float, ho
         client.stats = Stats()
     threads = [threading.Thread(target=client.run, args=(until,)) for client in clients]
     threads.append(threading.Thread(target=submit_tasks, args=(host, until, ledger)))
+    threads.append(threading.Thread(target=sample_replication, args=(stack.providers, until, stack.csn_samples)))
     stack.note(f"phase {name}: {len(clients)} clients for {seconds:g} s")
     started = time.monotonic()
     for thread in threads:
@@ -393,7 +460,12 @@ def wait_converged(providers, timeout: float) -> float:
         if all(view == views[0] for view in views[1:]):
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            raise RuntimeError(f"the providers did not converge within {timeout:g} s")
+            differ = [(dn, [view[0].get(dn, view[1].get(dn)) for view in views]) for dn in
+                      sorted(set(views[0][0]) | set(views[0][1]) | set(views[1][0]) | set(views[1][1]))
+                      if len({repr(view[0].get(dn, view[1].get(dn))) for view in views}) > 1]
+            print(f"the providers did not converge within {timeout:g} s: {len(differ)} entries differ, "
+                  f"for example {differ[:3]}", flush=True)
+            return -1.0
         time.sleep(0.5)
 
 
@@ -427,6 +499,90 @@ def check(providers, ledger: Ledger, groups: list[str]) -> tuple[int, list[str]]
                 if state.get(user_id) is False and f"didmosuuid={user_id},{PEOPLE}".lower() not in members:
                     problems.append(f"{server.uri}: user {user_id} is missing from group {group}")
     return len(problems), problems[:10]
+
+
+def _accesslog(server, group_dn: str) -> list[dict]:
+    """The changes to ``group_dn`` in ``server``'s cn=accesslog, oldest first: when (wall clock), the
+    entryCSN it gave, the member values added, and whether didmos (not replication) made it."""
+    import calendar
+
+    import ldap
+    import ldap.filter
+
+    conn = server.admin_connection()
+    try:
+        found = conn.search_s("cn=accesslog", ldap.SCOPE_ONELEVEL,
+                              ldap.filter.filter_format("(&(objectClass=auditModify)(reqDN=%s))", [group_dn]),
+                              ["reqStart", "reqMod", "reqAuthzID"])
+    finally:
+        conn.unbind_s()
+    changes = []
+    for _, attrs in found:
+        mods = [v.decode() for v in attrs.get("reqMod", [])]
+        csn = next((m.split(":= ", 1)[1] for m in mods if m.lower().startswith("entrycsn:= ")), "")
+        # reqStart counts in whole seconds (its fraction is a counter); the entryCSN has microseconds and
+        # is when the change was made, on whichever provider that was
+        start = csn or attrs["reqStart"][0].decode()  # 20261123183000.123456Z
+        wall = calendar.timegm(time.strptime(start[:14], "%Y%m%d%H%M%S")) + float("0" + start[14:start.index("Z")])
+        added = {m.split(":+ ", 1)[1].lower() for m in mods if m.lower().startswith("member:+ ")}
+        local = b"didmos-service" in attrs.get("reqAuthzID", [b""])[0]
+        changes.append({"wall": wall, "csn": csn, "added": added, "local": local})
+    return sorted(changes, key=lambda c: c["wall"])
+
+
+def explain_losses(stack: Stack, ledger: Ledger, groups: list[str]) -> tuple[Counter, list[str]]:
+    """For each acknowledged member add missing on provider 1 (the providers converged): where it was
+    made, when, and which change on the other provider (made before that one had it) overwrote it.
+
+    Returns the number per kind and one line per loss. Kinds: ``unreplicated-at-kill`` (made on provider
+    1 before its kill -9 and not replicated to provider 2 by then; provider 2 took a later change to the
+    group without it), ``both-providers`` (overwritten by a change
+    made on the other provider within a second: both took writes to the group at the same time),
+    ``stale-provider`` (overwritten by a change made more than a second later on the other provider,
+    which still lacked it: a provider written to before it had caught up)."""
+    providers = stack.providers
+    state = {u.id: u.deleted for u in ledger.users}
+    kinds: Counter = Counter()
+    lines: list[str] = []
+    oldest = 0.0  # the oldest unreplicated change at the kill, in seconds before it
+    kill = next((w for w, text in stack.wall_events if text.startswith("kill -9 slapd")), None)
+    back = next((w for w, text in stack.wall_events if text.startswith("slapd provider 1 restarted")), None)
+    final = entries(providers[0], GROUPS, ["member"])
+    for group in groups:
+        dn = f"didmosuuid={group},{GROUPS}".lower()
+        members = {v.decode().lower() for v in final.get(dn, {}).get("member", [])}
+        logs = [_accesslog(server, dn) for server in providers]
+        for g, user_id, node, t0, t1 in ledger.member_adds:
+            user_dn = f"didmosuuid={user_id},{PEOPLE}".lower()
+            if g != group or state.get(user_id) is not False or user_dn in members:
+                continue
+            origin = [(i, c) for i, log in enumerate(logs) for c in log if c["local"] and user_dn in c["added"]]
+            if not origin:
+                kinds["not-in-accesslog"] += 1
+                lines.append(f"{group[:8]} {user_id[:8]} (node {node + 1}, {stack.at(t0)}): no record")
+                continue
+            made_on, change = origin[-1]
+            other = 1 - made_on
+            applied = next((c["wall"] for c in logs[other] if c["csn"] == change["csn"]), None)
+            overwriter = next((c for c in logs[other] if c["local"] and c["csn"] > change["csn"]
+                               and (applied is None or c["wall"] < applied)), None)
+            if made_on == 0 and kill is not None and change["wall"] <= kill and applied is None:
+                kind = "unreplicated-at-kill"
+                oldest = max(oldest, kill - change["wall"])
+            elif overwriter is not None and overwriter["wall"] > change["wall"] + 1.0:
+                kind = "stale-provider"
+            else:
+                kind = "both-providers"
+            kinds[kind] += 1
+            lines.append(
+                f"{kind}: {group[:8]} {user_id[:8]} via node {node + 1} on provider {made_on + 1} at "
+                f"{stack.at(change['wall'])}; provider {other + 1} applied it "
+                f"{stack.at(applied) if applied else 'never'}; overwritten by a change on provider {other + 1} "
+                f"at {stack.at(overwriter['wall']) if overwriter else '?'}")
+    if kill is not None:
+        lines.insert(0, f"provider 1 killed at {stack.at(kill)}, restarted at {stack.at(back) if back else '?'}"
+                        + (f"; the oldest lost change it had not replicated was {oldest:.2f} s old" if oldest else ""))
+    return kinds, lines
 
 
 def wait_tasks(host, task_ids: list[str], timeout: float) -> tuple[int, Counter]:
@@ -463,9 +619,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers per node (default 1)")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker (default 8)")
     parser.add_argument("--no-faults", action="store_true", help="the steady phase only")
+    parser.add_argument("--explain", action="store_true",
+                        help="print every lost member add with where and when it was made, and the nodes' "
+                             "LDAP failovers and failbacks")
     parser.add_argument("--writes", choices=("one", "own"), default="one",
                         help="one: every node writes to provider 1 first (the other on failover); own: node i "
                              "writes to provider i first, so both providers take writes at once (default one)")
+    parser.add_argument("--logs", metavar="DIR", help="copy the slapd, API node and worker logs to DIR at the end "
+                                                      "(DIDMOS_SLAPD_LOGLEVEL=sync makes slapd log replication)")
     args = parser.parse_args()
 
     import base64
@@ -523,8 +684,21 @@ def main() -> int:
                 converge = wait_converged(providers, 60)
                 stack.note(f"providers converged after {converge:.1f} s")
                 lost, problems = check(providers, ledger, groups)
+                loss_kinds, loss_lines = explain_losses(stack, ledger, groups) if lost else (Counter(), [])
+                pool_moves = [f"node {n + 1}: {line.strip()}" for n in range(2)
+                              for line in (root / f"node{n + 1}" / "api.log").read_text().splitlines()
+                              if "LDAP" in line and any(word in line for word in (
+                                  "failover", "failback", "writer", "in sync", "did not have"))]
                 open_tasks, task_states = wait_tasks(host, list(ledger.tasks), 60)
                 stack.note(f"tasks: {dict(task_states)}")
+                if args.logs:
+                    import shutil
+
+                    Path(args.logs).mkdir(parents=True, exist_ok=True)
+                    for index, server in enumerate(providers):
+                        shutil.copy(server.log_path, Path(args.logs) / f"slapd{index + 1}.log")
+                    for name in ("node1/api.log", "node2/api.log", "worker.log"):
+                        shutil.copy(root / name, Path(args.logs) / name.replace("/", "-"))
         finally:
             if stack is not None:
                 stack.stop()
@@ -552,6 +726,13 @@ def main() -> int:
           f"{sum(len(v) for v in ledger.members.values())} member adds, {len(ledger.tasks)} tasks "
           f"(submit errors {dict(ledger.task_errors)}); unknown outcome: {len(ledger.unknown_creates)} creates")
     print(f"  lost or wrong acknowledged writes: {lost}" + "".join(f"\n    {p}" for p in problems))
+    if loss_kinds:
+        print(f"  lost member adds by kind: {dict(loss_kinds)}")
+        for line in loss_lines[:40 if args.explain else 8]:
+            print(f"    {line}")
+    if args.explain:
+        for line in pool_moves:
+            print(f"  {line}")
     print(f"  tasks not done 60 s after the load: {open_tasks}")
     figures["steady_req_per_s"] = steady_rate
     if faulty.latencies:
@@ -564,8 +745,14 @@ def main() -> int:
     figures["unavailable_503"] = unavailable
     figures["unanswered"] = steady.unanswered + faulty.unanswered
     figures["lost_writes"] = lost
+    for kind, count in sorted(loss_kinds.items()):
+        figures[f"lost_{kind.replace('-', '_')}"] = count
     figures["lost_tasks"] = open_tasks
     figures["converge_ms"] = converge * 1000
+    lags = replication_lags(stack.csn_samples)
+    figures["replication_lag_p50_ms"] = quantile_ms(lags, 0.5)
+    figures["replication_lag_p99_ms"] = quantile_ms(lags, 0.99)
+    figures["replication_lag_max_ms"] = max(lags, default=0.0) * 1000
     print_figures(figures)
     return 0 if errors == 0 and lost == 0 and open_tasks == 0 else 1
 

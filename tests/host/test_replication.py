@@ -229,10 +229,39 @@ def _written_by(server, dn: str) -> int:
     return int(attrs["entryCSN"][0].decode().split("#")[2], 16)
 
 
+@pytest.fixture(autouse=True)
+def no_agreed_writer(didmos_redis):
+    """Each test starts with no writer agreed in redis (a test that kills provider 1 leaves provider 2
+    agreed, and every later node of these providers would start there)."""
+    import redis
+
+    client = redis.Redis.from_url(didmos_redis.url)
+    try:
+        for key in client.scan_iter("didmos:ldap:writer:*"):
+            client.delete(key)
+        yield
+    finally:
+        client.close()
+
+
+#: Fast agreement for tests: poll redis every 0.1 s (a failback is announced 0.4 s ahead).
+FAST = {"failback_seconds": 0.5, "writer": {"poll_seconds": 0.1}}
+
+
+def _wait_written_by(client, providers, server_id: int, timeout: float = REPLICATION_SECONDS) -> dict:
+    """Create users through ``client`` until one is written by provider ``server_id``; that user."""
+    def check():
+        user = new_user(client)
+        dn = f"didmosUUID={user['id']},{PEOPLE}"
+        wait_replicated(providers, dn)
+        return _written_by(providers[0], dn) == server_id and user
+    return wait_for(check, timeout, f"a write through provider {server_id}", interval=0.05)
+
+
 def test_after_a_failover_the_node_writes_to_the_first_provider_again_once_it_is_back(make_app, providers):
     """``ldap.failback_seconds``: every node returns to the first URI, so that the providers do not take
     writes to one entry at once (bench/load.py --writes own loses member adds that way)."""
-    client = make_app(**providers_overrides(providers, 0), ldap={"failback_seconds": 0.5}).test_client()
+    client = make_app(**providers_overrides(providers, 0), ldap=FAST).test_client()
     first = new_user(client)
     assert _written_by(providers[0], f"didmosUUID={first['id']},{PEOPLE}") == 1
     providers[0].kill()
@@ -243,8 +272,162 @@ def test_after_a_failover_the_node_writes_to_the_first_provider_again_once_it_is
     dn = f"didmosUUID={during['id']},{PEOPLE}"
     wait_replicated(providers, dn)
     assert _written_by(providers[0], dn) == 2  # provider 2 took it
-    time.sleep(0.6)
-    after = new_user(client)
+    _wait_written_by(client, providers, 1)  # back on provider 1
+
+
+def test_a_restarted_node_writes_where_the_other_nodes_write(make_app, providers):
+    """The writer agreement: after a failover, a node that starts (or restarts) while provider 1 is up
+    again writes to provider 2, where the others are, not to provider 1 (both would take writes)."""
+    settings = {"failback_seconds": 30.0, "writer": {"poll_seconds": 0.1}}
+    one = make_app(**providers_overrides(providers, 0), ldap=settings).test_client()
+    new_user(one)
+    providers[0].kill()
+    try:
+        during = new_user(one)
+    finally:
+        providers[0].start()
+    wait_replicated(providers, f"didmosUUID={during['id']},{PEOPLE}")
+    restarted = make_app(**providers_overrides(providers, 0), ldap=settings).test_client()
+    after = new_user(restarted)
     dn = f"didmosUUID={after['id']},{PEOPLE}"
     wait_replicated(providers, dn)
-    assert _written_by(providers[1], dn) == 1  # back on provider 1
+    assert _written_by(providers[0], dn) == 2
+
+
+def _stop_consumer(server) -> None:
+    """Stop ``server``'s replication from its peers (live, in cn=config); ``enable_replication`` restarts it."""
+    conn = server.config_connection()
+    try:
+        conn.modify_s("olcDatabase={2}mdb,cn=config", [(ldap.MOD_DELETE, "olcMultiProvider", None),
+                                                        (ldap.MOD_DELETE, "olcSyncrepl", None)])
+    finally:
+        conn.unbind_s()
+
+
+def test_failback_waits_until_the_first_provider_has_caught_up(make_app, providers):
+    """A provider that is back but lacks what was written elsewhere meanwhile takes no writes: a
+    change to its stale copy of an entry would carry the newest entryCSN and overwrite the entry,
+    changes made meanwhile included, on every provider."""
+    client = make_app(**providers_overrides(providers, 0), ldap=FAST).test_client()
+    new_user(client)
+    _stop_consumer(providers[0])  # provider 1 stops taking provider 2's changes
+    try:
+        providers[0].kill()
+        try:
+            during = new_user(client)
+        finally:
+            providers[0].start()
+        assert _written_by(providers[1], f"didmosUUID={during['id']},{PEOPLE}") == 2
+        deadline = time.monotonic() + 2.0  # four failback periods
+        while time.monotonic() < deadline:
+            user = new_user(client)
+            assert _written_by(providers[1], f"didmosUUID={user['id']},{PEOPLE}") == 2
+            time.sleep(0.1)
+    finally:
+        providers[0].enable_replication(1, [(2, providers[1].uri)])
+    wait_replicated(providers, f"didmosUUID={during['id']},{PEOPLE}")
+    _wait_written_by(client, providers, 1)
+
+
+def test_member_adds_through_two_nodes_across_a_failover_and_a_failback_are_all_kept(make_app, providers):
+    """Two nodes add members to the same groups while provider 1 is killed (in the middle of the writes),
+    restarted and failed back to: every acknowledged member is in its group on both providers
+    afterwards. Writes are answered once provider 2 has them (``ldap.writer.confirm_seconds``), so the
+    kill -9 takes no acknowledged write with it."""
+    import threading
+
+    settings = {"failback_seconds": 1.0, "writer": {"poll_seconds": 0.1}}
+    nodes = [make_app(**providers_overrides(providers, 0), ldap=settings) for _ in range(2)]
+    setup = nodes[0].test_client()
+    users = [new_user(setup)["id"] for _ in range(200)]
+    groups = []
+    for index in range(2):
+        response = setup.post("/scim/v2/Groups", json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                                                       "displayName": f"repl-{uuid.uuid4().hex[:8]}-{index}"},
+                              headers=ADMIN)
+        assert response.status_code == 201, response.get_json()
+        groups.append(response.get_json()["id"])
+    queue = [(groups[i % 2], user) for i, user in enumerate(users * 2)]  # each user into both groups
+    acknowledged: list[tuple[float, str, str]] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def writer(number: int) -> None:
+        client = nodes[number % 2].test_client()
+        while not stop.is_set():
+            with lock:
+                if not queue:
+                    return
+                group, user = queue.pop()
+            response = client.patch(f"/scim/v2/Groups/{group}", headers=ADMIN, json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": user}]}]})
+            if response.status_code in (200, 204):
+                with lock:
+                    acknowledged.append((time.monotonic(), group, user))
+            time.sleep(0.03)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        providers[0].kill()
+        time.sleep(1.0)
+        providers[0].start()
+        restarted = time.monotonic()
+        time.sleep(3.0)  # the failback (announced, then made by both nodes at once) under load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert len(acknowledged) > 100, len(acknowledged)
+    assert sum(at > restarted + 1.5 for at, _, _ in acknowledged) > 10  # writes went on past the failback
+    for group in groups:
+        dn = f"didmosUUID={group},ou=groups,ou=data,{TENANT}"
+        wanted = {f"didmosuuid={user},{PEOPLE}".lower() for _, g, user in acknowledged if g == group}
+
+        def members(server):
+            conn = server.admin_connection()
+            try:
+                [(_, attrs)] = conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["member", "entryCSN"])
+            finally:
+                conn.unbind_s()
+            return {v.decode().lower() for v in attrs.get("member", [])}, attrs["entryCSN"]
+
+        eventually(lambda: members(providers[0])[1] == members(providers[1])[1])
+        for server in providers:
+            assert wanted <= members(server)[0], (server.uri, sorted(wanted - members(server)[0])[:5])
+    # the failback happened during the load: the last member adds were made on provider 1
+    assert _written_by(providers[1], f"didmosUUID={groups[0]},ou=groups,ou=data,{TENANT}") == 1
+
+
+def test_an_acknowledged_write_is_on_the_other_provider_already(make_app, providers):
+    """``ldap.writer.confirm_seconds``: a write is answered once the other provider has it, so that a
+    provider that dies right after answering takes no acknowledged write with it."""
+    client = make_app(**providers_overrides(providers, 0), ldap={"writer": {"confirm_seconds": 5.0}}).test_client()
+    for _ in range(3):  # the first writes find provider 2 in sync
+        new_user(client)
+    conn = providers[1].admin_connection()
+    try:
+        for _ in range(20):
+            user = new_user(client)
+            # at once, no waiting: it is there when the write is answered
+            assert conn.search_s(f"didmosUUID={user['id']},{PEOPLE}", ldap.SCOPE_BASE, attrlist=["1.1"])
+    finally:
+        conn.unbind_s()
+
+
+def test_a_write_does_not_wait_longer_than_confirm_seconds_for_a_lagging_provider(make_app, providers):
+    client = make_app(**providers_overrides(providers, 0), ldap={"writer": {"confirm_seconds": 0.5}}).test_client()
+    for _ in range(3):
+        new_user(client)
+    _stop_consumer(providers[1])  # provider 2 stops taking provider 1's changes
+    try:
+        started = time.monotonic()
+        new_user(client)
+        assert 0.5 <= time.monotonic() - started < 3.0  # waited for provider 2 up to the limit
+        started = time.monotonic()
+        new_user(client)
+        assert time.monotonic() - started < 0.5  # and no more while it lags
+    finally:
+        providers[1].enable_replication(2, [(1, providers[0].uri)])

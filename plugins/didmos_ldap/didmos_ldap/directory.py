@@ -188,14 +188,25 @@ class Directory:
         """The directory service configured by ``directory.*`` and ``ldap.*`` settings."""
         d, s = host.settings.directory, host.settings.ldap
 
-        def pool(uris: str, bind_dn, password, size):
+        def pool(uris: str, bind_dn, password, size, confirm_seconds=0.0, **options):
             return ConnectionPool(PoolSettings(
                 uris=tuple(uris.split()), bind_dn=bind_dn, bind_password=password, size=size,
                 connect_timeout=s.connect_timeout, timeout=s.timeout, starttls=s.starttls,
                 tls_ca_file=s.tls_ca_file, tls_require_cert=s.tls_require_cert,
-                failback_seconds=s.failback_seconds))
+                failback_seconds=s.failback_seconds, context_dn=d.suffix,
+                catchup_seconds=s.writer.catchup_seconds, confirm_seconds=confirm_seconds), **options)
 
-        main = pool(d.uri, d.bind_dn, d.bind_password, s.pool_size)
+        agreement = None
+        if s.writer.agree and len(d.uri.split()) > 1:
+            from didmos_host.sentinel import connect_redis
+            from didmos_ldap.pool import WriterAgreement
+
+            settings = host.settings
+            agreement = WriterAgreement(
+                lambda: connect_redis(settings, socket_connect_timeout=0.5, socket_timeout=0.5),
+                tuple(d.uri.split()), poll_seconds=s.writer.poll_seconds)
+        main = pool(d.uri, d.bind_dn, d.bind_password, s.pool_size, agreement=agreement,
+                    confirm_seconds=s.writer.confirm_seconds)
         cache = None
         if s.cache.enabled:
             from didmos_ldap.cache import EntryCache  # it imports this module; its thread starts on first use
@@ -205,7 +216,7 @@ class Directory:
         return cls(
             host.hook, main,
             read_pool=pool(s.read_uris, d.bind_dn, d.bind_password, s.pool_size) if s.read_uris else None,
-            auth_pool=pool(d.uri, None, None, s.pool_size),
+            auth_pool=pool(d.uri, None, None, s.pool_size, leader=main),
             page_size=s.page_size, retry_seconds=s.retry_seconds, cache=cache,
         )
 

@@ -28,6 +28,8 @@ DEFAULTS = {
     "pool_size": 10,
     "connect_timeout": 3.0,
     "failback_seconds": 30.0,
+    # Which provider every node writes to, agreed through redis (docs/deployment.md).
+    "writer": {"agree": True, "poll_seconds": 1.0, "catchup_seconds": 5.0, "confirm_seconds": 2.0},
     "timeout": 10.0,
     "retry_seconds": 5.0,
     "page_size": 500,
@@ -68,7 +70,10 @@ def didmos_settings():
                 Validator("ldap.password_policy.max_failures", "ldap.password_policy.lockout_seconds",
                           "ldap.password_policy.failure_count_interval", is_type_of=int, gte=0),
                 Validator("ldap.tls_require_cert", is_in=("never", "allow", "try", "demand")),
-                Validator("ldap.cache.enabled", is_type_of=bool),
+                Validator("ldap.cache.enabled", "ldap.writer.agree", is_type_of=bool),
+                Validator("ldap.writer.poll_seconds", is_type_of=(int, float), gt=0),
+                Validator("ldap.writer.catchup_seconds", "ldap.writer.confirm_seconds", is_type_of=(int, float),
+                          gte=0),
                 Validator("ldap.cache.staleness_seconds", is_type_of=(int, float), gt=0),
                 Validator("ldap.cache.max_entries", is_type_of=int, gte=1),
                 Validator("ldap.superadmin.uuid", "ldap.superadmin.user_name", "ldap.superadmin.given_name",
@@ -95,8 +100,22 @@ def didmos_settings():
                 "pool_size": "Connections per pool (service account, replicas, user binds each have one).",
                 "connect_timeout": "Seconds to wait for a TCP connection (and for a free pooled connection).",
                 "failback_seconds": "After a failover to a later URI of `directory.uri`, how often the first one is "
-                                    "tried again; once it answers, every connection moves back to it (so all "
-                                    "nodes write to one provider). 0: stay where the failover went.",
+                                    "tried again; once it answers and has caught up (contextCSN), every "
+                                    "connection moves back to it (so all nodes write to one provider). 0: stay "
+                                    "where the failover went.",
+                "writer.agree": "With several URIs in `directory.uri`: the nodes agree through redis on the one "
+                                "they write to (a failover is followed at once, a failback is announced and "
+                                "made by every node at the same time). Without redis each node decides alone.",
+                "writer.poll_seconds": "How often a node reads the agreed writer from redis; a failback is "
+                                       "announced twice this (plus 0.2 s) ahead.",
+                "writer.catchup_seconds": "At a switch to another provider (failback, or following another "
+                                          "node), how long new connections wait for it to catch up with the "
+                                          "one left (contextCSN) before going ahead anyway.",
+                "writer.confirm_seconds": "With several URIs in `directory.uri`: a write is answered only once "
+                                          "every other provider in sync has it (its contextCSN), waiting at "
+                                          "most this long (then that provider is not waited for until it has "
+                                          "caught up). 0: answer at once; a provider that dies may then take "
+                                          "its last writes with it.",
                 "timeout": "Seconds an LDAP operation may take.",
                 "retry_seconds": "How long reads retry while the directory is unreachable, before answering 503.",
                 "page_size": "Entries per page of paged searches (RFC 2696).",
