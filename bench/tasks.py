@@ -3,7 +3,9 @@
 Starts a private slapd (olcDbNoSync on) with every installed plugin and ``--users`` bulk-loaded users,
 a private redis, ``--workers`` didmos workers (``didmos_host.tasks.run_worker``, what ``didmos worker``
 runs: ``didmos worker`` itself; the task is the built-in ``didmos.ping``, which returns a small dict) and as many bare rq
-workers (``rq.Worker`` with the scheduler, on the queue ``bench-bare`` only). ``--submitters`` threads
+workers (with the scheduler, on the queue ``bench-bare`` only: ``rq.SimpleWorker``, jobs run in the worker
+process as didmos's default ``worker.mode`` runs them, or with ``--bare-worker fork`` rq's default
+``rq.Worker``, a work horse forked per job). ``--submitters`` threads
 then, in alternating slices:
 
 - didmos: ``host.service("outbox").submit("didmos.ping", payload)`` (stored, queued, run by the
@@ -348,9 +350,9 @@ def main() -> None:
     parser.add_argument("--approvals", type=int, default=50, help="join-group requests filed and approved")
     parser.add_argument("--approval-clients", type=int, default=4, help="concurrent requesters")
     parser.add_argument("--users", type=int, default=1000, help="bulk-loaded users (>= --approvals)")
-    parser.add_argument("--bare-worker", choices=["fork", "simple"], default="fork",
-                        help="the bare rq workers: rq.Worker (fork per job, rq's default) or rq.SimpleWorker "
-                             "(in process, like didmos's default worker.mode)")
+    parser.add_argument("--bare-worker", choices=["fork", "simple"], default="simple",
+                        help="the bare rq workers: rq.SimpleWorker (in process, like didmos's default "
+                             "worker.mode: like for like, the default) or rq.Worker (fork per job, rq's default)")
     parser.add_argument("--run-worker", choices=["bare"], help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
